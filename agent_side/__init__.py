@@ -1,0 +1,1 @@
+"""Agent side: environment workers, environments, reward functions, the black-box agent runner."""

@@ -1,0 +1,1 @@
+"""The gateway: OpenAI + Anthropic compatible HTTP server, sessions, token ledger, engine routing."""

@@ -1,0 +1,1 @@
+"""The train engine: advantages, prefix-tree merging, attention backends, losses, DeepSpeed."""
