@@ -1,0 +1,133 @@
+"""From Episodes to packed micro-batches: per-token advantages, weights, targets, tree packing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from forge.types import Episode, EpisodeStatus
+from trainer.tree import Packed, PrefixTrie, pack
+
+
+@dataclass
+class TrainSample:
+    """One model call ready for training: its tokens and per-completion-token quantities."""
+
+    ref: str  # "task_id#turn", for error messages
+    tokens: np.ndarray  # [L] int64, prompt + completion
+    prompt_len: int
+    behaviour_logprobs: np.ndarray  # [C] float32, one per completion token
+    advantages: np.ndarray  # [C] float32
+    token_weight: float  # normaliser: 1/N_tokens (token-level) or 1/(|o_i| * N_samples) (sequence)
+    group: str = ""  # samples of one group / episode are kept adjacent so their prefixes merge
+
+
+@dataclass
+class MicroBatch:
+    """A packed sequence plus flat per-completion-token tensors, all of length M."""
+
+    packed: Packed
+    pred_rows: torch.Tensor  # [M] packed row whose logits predict the token
+    targets: torch.Tensor  # [M] the token
+    behaviour_logprobs: torch.Tensor  # [M]
+    advantages: torch.Tensor  # [M]
+    token_weights: torch.Tensor  # [M]
+    sample_ids: torch.Tensor  # [M] index into `refs`
+    refs: list[str] = field(default_factory=list)
+    flat_tokens: int = 0  # tokens these samples take unmerged
+
+
+def usable_samples(episodes: Sequence[Episode]) -> tuple[list[tuple[Episode, int]], int]:
+    """(episode, sample index) pairs worth training on, and the count of empty completions skipped."""
+    keep, empty = [], 0
+    for ep in episodes:
+        if ep.status != EpisodeStatus.COMPLETED:
+            raise ValueError(f"episode {ep.task.id!r} has status {ep.status}; only completed episodes train")
+        for i, s in enumerate(ep.samples):
+            if not s.completion_ids:
+                empty += 1
+                continue
+            if not s.prompt_ids:
+                raise ValueError(
+                    f"sample {s.task_id}#{s.turn} has an empty prompt: no row predicts its first token"
+                )
+            keep.append((ep, i))
+    return keep, empty
+
+
+def build_samples(
+    episodes: Sequence[Episode], advantages: dict[tuple[str, int], float], normalisation: str
+) -> tuple[list[TrainSample], int]:
+    """TrainSamples in group/episode/turn order; `advantages[(task_id, turn_index)]` per sample."""
+    keep, empty = usable_samples(episodes)
+    n_tokens = sum(len(ep.samples[i].completion_ids) for ep, i in keep)
+    out = []
+    for ep, i in keep:
+        s = ep.samples[i]
+        c = len(s.completion_ids)
+        weight = 1.0 / n_tokens if normalisation == "token" else 1.0 / (c * len(keep))
+        out.append(
+            TrainSample(
+                ref=f"{s.task_id}#{s.turn}",
+                tokens=np.asarray(list(s.prompt_ids) + list(s.completion_ids), dtype=np.int64),
+                prompt_len=len(s.prompt_ids),
+                behaviour_logprobs=np.asarray(s.logprobs, dtype=np.float32),
+                advantages=np.full(c, advantages[(ep.task.id, i)], dtype=np.float32),
+                token_weight=weight,
+                group=ep.task.group_id or ep.task.id,
+            )
+        )
+    out.sort(key=lambda t: t.group)  # stable: keeps turn order inside an episode
+    return out, empty
+
+
+def split_by_budget(samples: Sequence[TrainSample], budget: int, merge: bool) -> list[list[TrainSample]]:
+    """Greedy, order-preserving split so each micro-batch's packed length stays <= budget."""
+    batches: list[list[TrainSample]] = []
+    trie, used, current = PrefixTrie(), 0, []
+    for s in samples:
+        if len(s.tokens) > budget:
+            raise ValueError(
+                f"sample {s.ref} has {len(s.tokens)} tokens, more than the micro-batch budget "
+                f"trainer.micro_batch_tokens={budget}; raise the budget or cap the episode length"
+            )
+        added = len(s.tokens) - (trie.matched(s.tokens) if merge else 0)
+        if current and used + added > budget:
+            batches.append(current)
+            trie, used, current = PrefixTrie(), 0, []
+            added = len(s.tokens)
+        trie.insert(s.tokens)
+        used += added
+        current.append(s)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(samples: Sequence[TrainSample], merge: bool) -> MicroBatch:
+    packed = pack([s.tokens for s in samples], merge=merge)
+    rows, targets, sids = [], [], []
+    for i, (s, index) in enumerate(zip(samples, packed.seq_index, strict=True)):
+        rows.append(index[s.prompt_len - 1 : len(s.tokens) - 1])
+        targets.append(torch.from_numpy(s.tokens[s.prompt_len :]))
+        sids.append(torch.full((len(s.tokens) - s.prompt_len,), i, dtype=torch.long))
+    return MicroBatch(
+        packed=packed,
+        pred_rows=torch.cat(rows),
+        targets=torch.cat(targets),
+        behaviour_logprobs=torch.from_numpy(np.concatenate([s.behaviour_logprobs for s in samples])),
+        advantages=torch.from_numpy(np.concatenate([s.advantages for s in samples])),
+        token_weights=torch.cat(
+            [torch.full((len(s.behaviour_logprobs),), s.token_weight, dtype=torch.float64) for s in samples]
+        ).float(),
+        sample_ids=torch.cat(sids),
+        refs=[s.ref for s in samples],
+        flat_tokens=sum(len(s.tokens) for s in samples),
+    )
+
+
+def make_microbatches(samples: Sequence[TrainSample], budget: int, merge: bool) -> list[MicroBatch]:
+    return [collate(group, merge) for group in split_by_budget(samples, budget, merge)]

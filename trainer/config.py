@@ -1,0 +1,49 @@
+"""Typed configuration of the trainer tier (registered in Hydra's ConfigStore by forge.config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AlgoConfig:
+    """The policy-gradient objective and its advantage estimator.
+
+    name: cispo (M1 form, clip(r, 1-eps_low, 1+eps_high)), cispo_m2 (clip(r, 0, 1+eps_high)),
+    grpo (PPO-clip surrogate, sequence-mean normalisation) or ppo (PPO-clip, token-level).
+    MiniMax publishes no epsilon values: eps_low=1.0 means "no lower bound" (M1 set it large),
+    eps_high=0.28 is our default; the clip fraction is logged so it can be tuned.
+    """
+
+    name: str = "cispo"
+    eps_low: float = 1.0
+    eps_high: float = 0.28
+    ppo_eps: float = 0.2  # grpo / ppo clip range
+    unified_mask: bool = False  # CISPO eq. 6-7: mask M recovering the PPO trust region
+    advantage: str = "group"  # group | m2_step (per-step reward-to-go minus a trajectory baseline)
+    normalize_std: bool = True  # divide group-relative advantages by the group's std
+    alpha_process: float = 1.0  # m2_step: weight of the per-step "process" reward
+    beta_speed: float = 1.0  # m2_step: weight of the per-step "speed" reward
+    tis_cap: float = 0.0  # >0: truncated IS weight min(pi_trainer/pi_behaviour, cap) on every token
+
+
+@dataclass
+class TrainerConfig:
+    """The DeepSpeed train engine."""
+
+    model: str = "tiny"  # a name forge.models resolves, or a local HF directory
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
+    zero_stage: int = 2
+    backend: str = "auto"  # auto (flex on cuda, sdpa_dense on cpu) | sdpa_dense | flex | flat
+    micro_batch_tokens: int = 4096  # token budget of one packed micro-batch
+    lr: float = 1e-6
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-15  # MiniMax-M1's AdamW settings
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = True
+    fp32_lm_head: bool = False  # compute the LM head in fp32 (M1's train/inference mismatch fix)
+    logprob_chunk: int = 1024  # rows per LM-head chunk: [chunk x vocab] is the largest logits block
+    seed: int = 0

@@ -1,0 +1,67 @@
+"""Per-token log-probs of completion tokens from one packed forward pass.
+
+The decoder runs once over the packed sequence; the LM head and log-softmax then run only on
+the rows that predict a completion token (a branch's next-token logits come from its parent
+token's row; several children may read one row), in chunks of `chunk` rows under activation
+checkpointing, so at most [chunk × vocab] logits exist at any time, in forward and backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from trainer.attention import build_mask, pad_for
+from trainer.batch import MicroBatch
+
+
+def _chunk_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, fp32: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [m, H], weight [V, H], targets [m] → (log π(target) [m], entropy [m] (no grad))."""
+    if fp32:
+        hidden, weight = hidden.float(), weight.float()
+    logits = hidden @ weight.t()  # [m, V]
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)
+        entropy = lse - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def completion_logprobs(
+    model: torch.nn.Module, mb: MicroBatch, backend: str, fp32_head: bool = False, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π [M], entropy [M]) for every completion token of the micro-batch."""
+    device = next(model.parameters()).device
+    packed = mb.packed
+    pad = pad_for(backend, packed)
+    ids, pos = packed.input_ids, packed.position_ids
+    if pad:
+        ids = torch.cat([ids, torch.zeros(pad, dtype=ids.dtype)])
+        pos = torch.cat([pos, torch.zeros(pad, dtype=pos.dtype)])
+    mask = build_mask(backend, packed, device, pad)
+    decoder = model.get_decoder()
+    hidden = decoder(
+        input_ids=ids.to(device)[None],
+        position_ids=pos.to(device)[None],
+        attention_mask=mask,
+        use_cache=False,
+    ).last_hidden_state[0]
+    rows = hidden.index_select(0, mb.pred_rows.to(device))
+    weight = model.get_output_embeddings().weight
+    targets = mb.targets.to(device)
+    logps, ents = [], []
+    for start in range(0, rows.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(
+                _chunk_logprobs, rows[sl], weight, targets[sl], fp32_head, use_reentrant=False
+            )
+        else:
+            lp, ent = _chunk_logprobs(rows[sl], weight, targets[sl], fp32_head)
+        logps.append(lp)
+        ents.append(ent)
+    return torch.cat(logps), torch.cat(ents)

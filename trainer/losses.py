@@ -1,0 +1,89 @@
+"""Policy-gradient objectives on flat per-token tensors (all [M], one entry per completion token).
+
+Every loss returns Σ_t w_t · term_t where w_t already holds the normaliser (1/Σ|o_i| for the
+token-level losses; 1/(|o_i|·N) for GRPO's sequence mean), so micro-batch losses simply add.
+
+CISPO (MiniMax-M1 eq. 4–5):  term = −sg(clip(r, 1−ε_low, 1+ε_high)) · Â · log π_θ
+  r = π_θ / π_old. The clipped IS weight scales a REINFORCE term under stop-gradient, so no
+  token leaves the gradient: d term / d log π = −sg(r̂)·Â. The optional unified mask (eq. 6–7)
+  zeroes tokens with (Â>0, r>1+ε_high) or (Â<0, r<1−ε_low). M2 form: clip(r, 0, 1+ε_high).
+PPO-clip / GRPO: term = −min(r·Â, clip(r, 1−ε, 1+ε)·Â), which zeroes the gradient of clipped tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainer.config import AlgoConfig
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor  # scalar, differentiable
+    stats: dict[str, torch.Tensor]  # per-token diagnostics, detached, all [M]
+
+
+def cispo(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    weight: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    unified_mask: bool = False,
+) -> LossOut:
+    ratio = torch.exp(logp.detach() - old_logp)
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    keep = torch.ones_like(ratio)
+    if unified_mask:
+        keep = (~(((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low)))).to(ratio.dtype)
+    loss = -(clipped * adv * logp * keep * weight).sum()
+    return LossOut(loss, {"ratio": ratio, "clipped": (ratio != clipped).float(), "masked": 1.0 - keep})
+
+
+def ppo_clip(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor, eps: float
+) -> LossOut:
+    ratio = torch.exp(logp - old_logp)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    loss = -(surrogate * weight).sum()
+    r = ratio.detach()
+    clipped = ((r > 1 + eps) & (adv > 0)) | ((r < 1 - eps) & (adv < 0))
+    return LossOut(loss, {"ratio": r, "clipped": clipped.float(), "masked": clipped.float()})
+
+
+def normalisation(algo: AlgoConfig) -> str:
+    """'token' (1/Σ|o_i| over the batch) or 'sequence' (mean over samples of per-sample means)."""
+    return "sequence" if algo.name == "grpo" else "token"
+
+
+def policy_loss(
+    algo: AlgoConfig,
+    logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    adv: torch.Tensor,
+    weight: torch.Tensor,
+) -> LossOut:
+    """Dispatch on algo.name; applies the optional truncated IS correction (algo.tis_cap > 0).
+
+    With tis_cap, π_old is the trainer's own log-prob at the start of the step (sg(log π_θ)) and
+    every token is weighted by sg(min(π_θ/π_behaviour, cap)), which corrects the train/inference
+    mismatch without clipping it; without it, π_old is the engine's behaviour policy.
+    """
+    old = behaviour_logp
+    if algo.tis_cap > 0:
+        tis = torch.exp(logp.detach() - behaviour_logp).clamp(max=algo.tis_cap)
+        weight, old = weight * tis, logp.detach()
+    if algo.name == "cispo":
+        out = cispo(logp, old, adv, weight, algo.eps_low, algo.eps_high, algo.unified_mask)
+    elif algo.name == "cispo_m2":
+        out = cispo(logp, old, adv, weight, 1.0, algo.eps_high, algo.unified_mask)
+    elif algo.name in ("ppo", "grpo"):
+        out = ppo_clip(logp, old, adv, weight, algo.ppo_eps)
+    else:
+        raise ValueError(f"algo.name={algo.name!r}: expected cispo, cispo_m2, grpo or ppo")
+    if algo.tis_cap > 0:
+        out.stats["tis"] = tis
+    return out

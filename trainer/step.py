@@ -1,0 +1,73 @@
+"""One policy-gradient pass over a list of micro-batches: plain torch, no DeepSpeed, no Ray.
+
+`forward_backward` runs forward + loss + `backward(loss)` per micro-batch and returns the
+summed loss and per-step diagnostics. The DeepSpeed engine passes its own `backward`; tests and
+benchmarks pass `Tensor.backward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from trainer.batch import MicroBatch
+from trainer.config import AlgoConfig
+from trainer.logprobs import completion_logprobs
+from trainer.losses import policy_loss
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    microbatches: Sequence[MicroBatch],
+    algo: AlgoConfig,
+    backend: str,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    fp32_head: bool = False,
+    chunk: int = 1024,
+) -> dict[str, float]:
+    backward = backward or (lambda loss: loss.backward())
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    sums: dict[str, torch.Tensor] = {}
+    maxes: dict[str, torch.Tensor] = {}
+    mins: dict[str, torch.Tensor] = {}
+    n_tok = tree_tokens = flat_tokens = 0
+    for mb in microbatches:
+        logp, entropy = completion_logprobs(model, mb, backend, fp32_head, chunk)
+        out = policy_loss(
+            algo,
+            logp,
+            mb.behaviour_logprobs.to(device),
+            mb.advantages.to(device),
+            mb.token_weights.to(device),
+        )
+        backward(out.loss)
+        total += out.loss.detach().double()
+        stats = {**out.stats, "entropy": entropy, "logp": logp.detach()}
+        for k, v in stats.items():
+            v = v.detach().float()
+            sums[k] = sums.get(k, 0) + v.sum()
+            if k in ("ratio", "tis"):
+                maxes[k] = torch.maximum(maxes[k], v.max()) if k in maxes else v.max()
+                mins[k] = torch.minimum(mins[k], v.min()) if k in mins else v.min()
+        n_tok += int(mb.targets.numel())
+        tree_tokens += mb.packed.num_tokens
+        flat_tokens += mb.flat_tokens
+    n = max(n_tok, 1)
+    metrics = {
+        "loss": float(total),
+        "clip_fraction": float(sums.get("clipped", 0)) / n,
+        "masked_fraction": float(sums.get("masked", 0)) / n,
+        "entropy": float(sums.get("entropy", 0)) / n,
+        "is_ratio_mean": float(sums.get("ratio", 0)) / n,
+        "is_ratio_max": float(maxes["ratio"]) if "ratio" in maxes else 0.0,
+        "is_ratio_min": float(mins["ratio"]) if "ratio" in mins else 0.0,
+        "trained_tokens": float(n_tok),
+        "tree_tokens": float(tree_tokens),
+        "flat_tokens": float(flat_tokens),
+        "microbatches": float(len(microbatches)),
+    }
+    if "tis" in sums:
+        metrics.update(tis_mean=float(sums["tis"]) / n, tis_max=float(maxes["tis"]))
+    return metrics
