@@ -1,0 +1,503 @@
+"""Client for the engine protocol: SGLang's native HTTP API, spoken to SGLang or the built-in engine.
+
+Every request body uses the field names of SGLang's own request dataclasses
+(`python/sglang/srt/managers/io_struct.py`: `GenerateReqInput`, `UpdateWeightFromDiskReqInput`,
+`InitWeightsUpdateGroupReqInput`, `UpdateWeightsFromDistributedReqInput`, `AbortReq`,
+`PauseGenerationReqInput`, `ContinueGenerationReqInput`; sampling parameters as in
+`python/sglang/srt/sampling/sampling_params.py`). `tests/engines/test_contract.py` checks every
+request this client sends against a field list generated from SGLang's source
+(`gateway/engines/sglang_fields.json`).
+
+Errors are typed: `EngineUnavailableError` when the engine cannot be reached or answers 5xx /
+503 (the gateway turns it into a 503), `EngineRequestError` for a 4xx (bad input: the engine's
+message is kept), `EngineProtocolError` for an answer that does not parse.
+
+`EngineClient` is async (aiohttp: present on every image Forge runs on, and the engine server uses
+it too). `SyncEngineClient` is a blocking twin built on the standard library, for scripts, the
+trainer and tests that are not async.
+
+Sampling parameters use SGLang's names, e.g. ``{"max_new_tokens": 64, "temperature": 0.7,
+"top_p": 0.9, "top_k": 50, "min_p": 0.0, "stop": ["\\n\\n"], "stop_token_ids": [2],
+"sampling_seed": 1, "ignore_eos": False}``. Note the seed is ``sampling_seed`` (SGLang has no
+``seed`` field). Unknown names are refused here with a ValueError before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+# SGLang's `SamplingParams` API fields (sampling_params.py; the internal fields stop_strs,
+# stop_regex_strs, stop_str_max_len, ... are not part of the HTTP API and are left out).
+SAMPLING_PARAM_FIELDS: frozenset[str] = frozenset(
+    {
+        "max_new_tokens",
+        "stop",
+        "stop_token_ids",
+        "stop_regex",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+        "min_new_tokens",
+        "n",
+        "json_schema",
+        "regex",
+        "ebnf",
+        "structural_tag",
+        "ignore_eos",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "no_stop_trim",
+        "stream_interval",
+        "logit_bias",
+        "sampling_seed",
+        "custom_params",
+    }
+)
+
+DEFAULT_GROUP_NAME = "weight_update_group"
+
+
+class EngineError(Exception):
+    """Base class of the client's errors."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine cannot be reached, timed out, or answered 5xx: the gateway answers 503."""
+
+
+class EngineRequestError(EngineError):
+    """The engine refused the request (4xx). `status` and the engine's `message` are kept."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"engine answered {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+class EngineProtocolError(EngineError):
+    """The engine answered something that is not the protocol's shape."""
+
+
+@dataclass
+class GenerateResult:
+    """One finished `/generate` call, flattened from SGLang's `{text, output_ids, meta_info}`.
+
+    finish_reason: "stop" | "length" | "abort" (SGLang's `meta_info.finish_reason.type`);
+    matched_stop: the stop token id or stop string that ended it (SGLang's `matched`), if any;
+    output_logprobs: one log-prob per output token (from `meta_info.output_token_logprobs`,
+    entries `[logprob, token_id, text]`); empty when `return_logprob=False`.
+    """
+
+    rid: str
+    output_ids: list[int]
+    output_logprobs: list[float]
+    finish_reason: str
+    matched_stop: int | str | None
+    weight_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    text: str = ""
+    abort_message: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def check_sampling_params(sampling_params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse sampling-parameter names SGLang does not accept (e.g. `seed` for `sampling_seed`)."""
+    if not isinstance(sampling_params, dict):
+        raise ValueError("sampling_params must be a dict of SGLang sampling-parameter names")
+    unknown = sorted(set(sampling_params) - SAMPLING_PARAM_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown sampling parameter(s) {unknown}; SGLang accepts {sorted(SAMPLING_PARAM_FIELDS)}"
+        )
+    return sampling_params
+
+
+def generate_body(
+    input_ids: list[int],
+    sampling_params: dict[str, Any] | None,
+    rid: str | None,
+    return_logprob: bool,
+) -> dict[str, Any]:
+    """The `/generate` JSON body (GenerateReqInput fields only)."""
+    body: dict[str, Any] = {
+        "input_ids": [int(t) for t in input_ids],
+        "sampling_params": dict(check_sampling_params(dict(sampling_params or {}))),
+        "return_logprob": bool(return_logprob),
+    }
+    if rid is not None:
+        body["rid"] = str(rid)
+    return body
+
+
+def parse_generate(data: Any, return_logprob: bool) -> GenerateResult:
+    """Turn SGLang's `/generate` answer into a GenerateResult (raises EngineProtocolError)."""
+    try:
+        meta = data["meta_info"]
+        output_ids = [int(t) for t in data["output_ids"]]
+        reason = meta.get("finish_reason")
+        if isinstance(reason, dict):
+            kind = str(reason.get("type"))
+            matched = reason.get("matched")
+            abort_message = reason.get("message") if kind == "abort" else None
+        else:  # older servers answered a bare string
+            kind, matched, abort_message = str(reason), None, None
+        logprobs: list[float] = []
+        if return_logprob:
+            entries = meta.get("output_token_logprobs") or []
+            logprobs = [float(e[0]) for e in entries]
+            if len(logprobs) != len(output_ids):
+                raise EngineProtocolError(
+                    f"{len(logprobs)} output log-probs for {len(output_ids)} output tokens"
+                )
+        version = meta.get("weight_version")
+        return GenerateResult(
+            rid=str(meta.get("id", "")),
+            output_ids=output_ids,
+            output_logprobs=logprobs,
+            finish_reason=kind,
+            matched_stop=matched,
+            weight_version=None if version is None else str(version),
+            prompt_tokens=int(meta.get("prompt_tokens", 0)),
+            completion_tokens=int(meta.get("completion_tokens", len(output_ids))),
+            text=str(data.get("text") or ""),
+            abort_message=abort_message,
+            raw=data,
+        )
+    except EngineProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise EngineProtocolError(f"malformed /generate answer: {exc!r}") from exc
+
+
+def _error_message(body: Any, text: str) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body.get("message"))
+        if isinstance(err, dict):
+            return str(err.get("message", err))
+        if err is not None:
+            return str(err)
+    return text[:500]
+
+
+def _raise_for_status(status: int, text: str) -> Any:
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    if status >= 500:
+        raise EngineUnavailableError(f"engine answered {status}: {_error_message(body, text)}")
+    if status >= 400:
+        raise EngineRequestError(status, _error_message(body, text), body)
+    return body
+
+
+class EngineClient:
+    """Async client of one engine (SGLang or built-in) at `base_url`, e.g. http://127.0.0.1:30000.
+
+    Reuses one aiohttp session per event loop; call `aclose()` when done (or use `async with`).
+    `timeout` bounds each call in seconds (None: no limit; generation can be long).
+    """
+
+    def __init__(self, base_url: str, timeout: float | None = None, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.api_key = api_key
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+            self._loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        session = self._get_session()
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["json"] = body
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        try:
+            async with session.request(method, self.base_url + path, **kwargs) as resp:
+                text = await resp.text()
+                return _raise_for_status(resp.status, text)
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise EngineUnavailableError(f"engine at {self.base_url} unreachable: {exc!r}") from exc
+
+    async def generate(
+        self,
+        input_ids: list[int],
+        sampling_params: dict[str, Any] | None = None,
+        rid: str | None = None,
+        return_logprob: bool = True,
+    ) -> GenerateResult:
+        """POST /generate with token ids; returns output ids, one log-prob per output token, etc."""
+        body = generate_body(input_ids, sampling_params, rid, return_logprob)
+        data = await self._request("POST", "/generate", body)
+        return parse_generate(data, return_logprob)
+
+    async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
+        """POST /abort_request: abort one request by rid (or all). Its generate call returns
+        with finish_reason "abort" and the tokens made so far."""
+        body: dict[str, Any] = {"rid": rid or "", "abort_all": bool(abort_all)}
+        await self._request("POST", "/abort_request", body)
+
+    async def update_weights_from_disk(
+        self,
+        model_path: str,
+        weight_version: str | None = None,
+        abort_all_requests: bool = False,
+        flush_cache: bool = True,
+    ) -> dict[str, Any]:
+        """POST /update_weights_from_disk: load a safetensors directory in place."""
+        body: dict[str, Any] = {
+            "model_path": str(model_path),
+            "abort_all_requests": abort_all_requests,
+            "flush_cache": flush_cache,
+        }
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        return await self._request("POST", "/update_weights_from_disk", body)
+
+    async def init_weights_update_group(
+        self,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str = DEFAULT_GROUP_NAME,
+        backend: str = "nccl",
+    ) -> dict[str, Any]:
+        """POST /init_weights_update_group: the engine joins a torch.distributed group in which the
+        trainer is rank 0 and this engine rank `rank_offset`. Returns once the group is formed, so
+        the trainer must join concurrently (see forge.weight_sync)."""
+        body = {
+            "master_address": master_address,
+            "master_port": int(master_port),
+            "rank_offset": int(rank_offset),
+            "world_size": int(world_size),
+            "group_name": group_name,
+            "backend": backend,
+        }
+        return await self._request("POST", "/init_weights_update_group", body)
+
+    async def destroy_weights_update_group(self, group_name: str = DEFAULT_GROUP_NAME) -> dict[str, Any]:
+        """POST /destroy_weights_update_group."""
+        return await self._request("POST", "/destroy_weights_update_group", {"group_name": group_name})
+
+    async def update_weights_from_distributed(
+        self,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        group_name: str = DEFAULT_GROUP_NAME,
+        weight_version: str | None = None,
+        flush_cache: bool = True,
+        abort_all_requests: bool = False,
+    ) -> dict[str, Any]:
+        """POST /update_weights_from_distributed: the engine receives one broadcast (src rank 0) per
+        name, in order, with the given dtypes ("bfloat16", "float32", ...) and shapes. Returns when
+        all are received and loaded; the trainer broadcasts concurrently (forge.weight_sync)."""
+        body: dict[str, Any] = {
+            "names": list(names),
+            "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
+            "shapes": [[int(x) for x in s] for s in shapes],
+            "group_name": group_name,
+            "flush_cache": flush_cache,
+            "abort_all_requests": abort_all_requests,
+        }
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        return await self._request("POST", "/update_weights_from_distributed", body)
+
+    async def pause_generation(self, mode: str = "in_place") -> dict[str, Any]:
+        """POST /pause_generation. mode: "in_place" (keep requests and KV, stop stepping),
+        "retract" (same here), or "abort" (SGLang's default: abort everything in flight)."""
+        return await self._request("POST", "/pause_generation", {"mode": mode})
+
+    async def continue_generation(self) -> dict[str, Any]:
+        """POST /continue_generation."""
+        return await self._request("POST", "/continue_generation", {})
+
+    async def health(self, timeout: float = 5.0) -> bool:
+        """GET /health: True when the engine answers 200, False when it is down or not ready."""
+        try:
+            await self._request("GET", "/health", timeout=timeout)
+            return True
+        except (EngineUnavailableError, EngineRequestError):
+            return False
+
+    async def wait_healthy(self, timeout: float = 120.0, interval: float = 0.2) -> None:
+        """Poll /health until it answers 200; EngineUnavailableError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not await self.health(timeout=min(5.0, timeout)):
+            if time.monotonic() > deadline:
+                raise EngineUnavailableError(f"engine at {self.base_url} not healthy after {timeout}s")
+            await asyncio.sleep(interval)
+
+    async def flush_cache(self) -> None:
+        """POST /flush_cache (prefix cache; SGLang refuses while requests run)."""
+        await self._request("POST", "/flush_cache")
+
+    async def get_model_info(self) -> dict[str, Any]:
+        """GET /get_model_info: model_path, weight_version, is_generation, ..."""
+        return await self._request("GET", "/get_model_info")
+
+
+class SyncEngineClient:
+    """Blocking twin of EngineClient (standard library only)."""
+
+    def __init__(self, base_url: str, timeout: float | None = 600.0, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.api_key = api_key
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                return _raise_for_status(resp.status, resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            return _raise_for_status(exc.code, exc.read().decode(errors="replace"))
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            raise EngineUnavailableError(f"engine at {self.base_url} unreachable: {exc!r}") from exc
+
+    def generate(
+        self,
+        input_ids: list[int],
+        sampling_params: dict[str, Any] | None = None,
+        rid: str | None = None,
+        return_logprob: bool = True,
+    ) -> GenerateResult:
+        body = generate_body(input_ids, sampling_params, rid, return_logprob)
+        return parse_generate(self._request("POST", "/generate", body), return_logprob)
+
+    def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
+        self._request("POST", "/abort_request", {"rid": rid or "", "abort_all": bool(abort_all)})
+
+    def update_weights_from_disk(
+        self,
+        model_path: str,
+        weight_version: str | None = None,
+        abort_all_requests: bool = False,
+        flush_cache: bool = True,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model_path": str(model_path),
+            "abort_all_requests": abort_all_requests,
+            "flush_cache": flush_cache,
+        }
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        return self._request("POST", "/update_weights_from_disk", body)
+
+    def init_weights_update_group(
+        self,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str = DEFAULT_GROUP_NAME,
+        backend: str = "nccl",
+    ) -> dict[str, Any]:
+        body = {
+            "master_address": master_address,
+            "master_port": int(master_port),
+            "rank_offset": int(rank_offset),
+            "world_size": int(world_size),
+            "group_name": group_name,
+            "backend": backend,
+        }
+        return self._request("POST", "/init_weights_update_group", body)
+
+    def destroy_weights_update_group(self, group_name: str = DEFAULT_GROUP_NAME) -> dict[str, Any]:
+        return self._request("POST", "/destroy_weights_update_group", {"group_name": group_name})
+
+    def update_weights_from_distributed(
+        self,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        group_name: str = DEFAULT_GROUP_NAME,
+        weight_version: str | None = None,
+        flush_cache: bool = True,
+        abort_all_requests: bool = False,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "names": list(names),
+            "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
+            "shapes": [[int(x) for x in s] for s in shapes],
+            "group_name": group_name,
+            "flush_cache": flush_cache,
+            "abort_all_requests": abort_all_requests,
+        }
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        return self._request("POST", "/update_weights_from_distributed", body)
+
+    def pause_generation(self, mode: str = "in_place") -> dict[str, Any]:
+        return self._request("POST", "/pause_generation", {"mode": mode})
+
+    def continue_generation(self) -> dict[str, Any]:
+        return self._request("POST", "/continue_generation", {})
+
+    def health(self, timeout: float = 5.0) -> bool:
+        try:
+            self._request("GET", "/health", timeout=timeout)
+            return True
+        except (EngineUnavailableError, EngineRequestError):
+            return False
+
+    def wait_healthy(self, timeout: float = 120.0, interval: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.health(timeout=min(5.0, timeout)):
+            if time.monotonic() > deadline:
+                raise EngineUnavailableError(f"engine at {self.base_url} not healthy after {timeout}s")
+            time.sleep(interval)
+
+    def flush_cache(self) -> None:
+        self._request("POST", "/flush_cache")
+
+    def get_model_info(self) -> dict[str, Any]:
+        return self._request("GET", "/get_model_info")
