@@ -16,13 +16,17 @@ from trainer.batch import MicroBatch
 
 
 def _chunk_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, fp32: bool
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, fp32: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden [m, H], weight [V, H], targets [m] → (log π(target) [m], entropy [m] (no grad))."""
+    """hidden [m, H], targets [m] → (log π(target) [m], entropy [m] (no grad)).
+
+    The head is called as a module so ZeRO-3 gathers its (partitioned) weight; the fp32 path
+    reads the weight directly and is therefore refused under ZeRO-3 (see Trainer).
+    """
     if fp32:
-        hidden, weight = hidden.float(), weight.float()
-    logits = hidden @ weight.t()  # [m, V]
-    logits = logits.float()
+        logits = torch.nn.functional.linear(hidden.float(), head.weight.float())  # [m, V]
+    else:
+        logits = head(hidden).float()  # [m, V]
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
     with torch.no_grad():
@@ -51,17 +55,15 @@ def completion_logprobs(
         use_cache=False,
     ).last_hidden_state[0]
     rows = hidden.index_select(0, mb.pred_rows.to(device))
-    weight = model.get_output_embeddings().weight
+    head = model.get_output_embeddings()
     targets = mb.targets.to(device)
     logps, ents = [], []
     for start in range(0, rows.shape[0], chunk):
         sl = slice(start, start + chunk)
         if torch.is_grad_enabled():
-            lp, ent = checkpoint(
-                _chunk_logprobs, rows[sl], weight, targets[sl], fp32_head, use_reentrant=False
-            )
+            lp, ent = checkpoint(_chunk_logprobs, rows[sl], head, targets[sl], fp32_head, use_reentrant=False)
         else:
-            lp, ent = _chunk_logprobs(rows[sl], weight, targets[sl], fp32_head)
+            lp, ent = _chunk_logprobs(rows[sl], head, targets[sl], fp32_head)
         logps.append(lp)
         ents.append(ent)
     return torch.cat(logps), torch.cat(ents)

@@ -93,6 +93,6 @@ def test_flat_packing_equals_separate_forward_passes(model):
         ratio = torch.exp(logp.detach() - torch.from_numpy(s.behaviour_logprobs)).clamp(0.0, 1.28)
         loss = -(ratio * torch.from_numpy(s.advantages) * logp * s.token_weight).sum()
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     sep = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     assert_same(flat, ({"loss": total}, sep))

@@ -1,0 +1,101 @@
+"""Ray wrapper: one `TrainerActor` per rank around the plain `Trainer`, and a `TrainerGroup`.
+
+The group starts rank 0 first to learn its node address and a free port, then starts every
+rank with MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE set, and constructs the DeepSpeed engines
+concurrently (torch.distributed's rendezvous blocks until all ranks join). Episodes travel
+as msgpack records (forge.types), decoded in each actor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from forge.types import Episode, decode_episode, encode
+from trainer.config import AlgoConfig, TrainerConfig
+
+
+class TrainerActor:
+    """Ray actor body (decorated in `TrainerGroup`); each method forwards to the Trainer."""
+
+    def __init__(self, rank: int, world: int, master_addr: str, master_port: int) -> None:
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        self.trainer = None
+
+    @staticmethod
+    def address() -> tuple[str, int]:
+        from trainer.engine import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, cfg: TrainerConfig, algo: AlgoConfig) -> int:
+        from trainer.engine import Trainer
+
+        self.trainer = Trainer(cfg, algo)
+        return self.trainer.rank
+
+    def train_step(self, records: Sequence[bytes]) -> dict[str, float]:
+        return self.trainer.train_step([decode_episode(r) for r in records])
+
+    def save_checkpoint(self, directory: str, tag: str | None = None) -> str:
+        return self.trainer.save_checkpoint(directory, tag)
+
+    def load_checkpoint(self, directory: str, tag: str | None = None) -> int:
+        self.trainer.load_checkpoint(directory, tag)
+        return self.trainer.step
+
+    def weights_digest(self) -> str:
+        return self.trainer.weights_digest()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a Trainer method by name (e.g. weight sync code that needs the engine in-process)."""
+        return getattr(self.trainer, method)(*args, **kwargs)
+
+
+class TrainerGroup:
+    """N trainer ranks as Ray actors with a correct torch.distributed rendezvous."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        algo: AlgoConfig,
+        world_size: int = 1,
+        num_cpus: float = 0,
+        num_gpus: float = 0,
+    ) -> None:
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(TrainerActor)
+        probe = remote.remote(0, world_size, "", 0)
+        addr, port = ray.get(probe.address.remote())
+        ray.kill(probe)
+        self.actors = [remote.remote(r, world_size, addr, port) for r in range(world_size)]
+        ray.get([a.setup.remote(cfg, algo) for a in self.actors])
+
+    def train_step(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        records = ray.put([encode(e) for e in episodes])
+        return ray.get([a.train_step.remote(records) for a in self.actors])[0]
+
+    def save_checkpoint(self, directory: str, tag: str | None = None) -> str:
+        return ray.get([a.save_checkpoint.remote(directory, tag) for a in self.actors])[0]
+
+    def load_checkpoint(self, directory: str, tag: str | None = None) -> int:
+        return ray.get([a.load_checkpoint.remote(directory, tag) for a in self.actors])[0]
+
+    def weights_digests(self) -> list[str]:
+        return ray.get([a.weights_digest.remote() for a in self.actors])
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return ray.get([a.call.remote(method, *args, **kwargs) for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

@@ -1,0 +1,303 @@
+"""The train engine: one DeepSpeed rank that turns a batch of Episodes into one optimizer step.
+
+Plain Python, no Ray: `Trainer(cfg, algo).train_step(episodes)`. Under data parallelism every
+rank receives the whole batch (advantages and the token normaliser need all of it), then keeps
+its share of the samples (whole groups, balanced by tokens). Each rank runs the same number of
+micro-batches — a rank with less work runs zero-weight filler micro-batches — because ZeRO-3
+collectives run per micro-batch. DeepSpeed averages gradients over ranks, so each rank's loss
+is multiplied by the world size to keep the global token-level normalisation exact.
+
+A non-finite loss or gradient norm skips the step (DeepSpeed's overflow check for ZeRO ≥ 1,
+our own check for stage 0) and is reported in the metrics; it is never applied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from forge.types import Episode
+from trainer.advantages import compute_advantages
+from trainer.attention import model_attn_implementation
+from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_microbatches
+from trainer.config import AlgoConfig, TrainerConfig
+from trainer.losses import normalisation
+from trainer.step import forward_backward
+
+SUMMED = ("loss", "trained_tokens", "tree_tokens", "flat_tokens")
+TOKEN_MEANS = ("clip_fraction", "masked_fraction", "entropy", "is_ratio_mean")
+
+
+def resolve_device(cfg: TrainerConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device not in ("cpu", "cuda"):
+        raise ValueError(f"trainer.device={cfg.device!r}: expected auto, cpu or cuda")
+    return cfg.device
+
+
+def resolve_backend(cfg: TrainerConfig, device: str) -> tuple[str, bool]:
+    """(attention kernel, merge?) from trainer.backend."""
+    kernel = "flex" if device == "cuda" else "sdpa_dense"
+    if cfg.backend == "auto":
+        return kernel, True
+    if cfg.backend == "flat":
+        return kernel, False
+    if cfg.backend in ("sdpa_dense", "flex"):
+        if cfg.backend == "flex" and device != "cuda":
+            raise ValueError("trainer.backend='flex' needs CUDA (FlexAttention has no CPU backward)")
+        return cfg.backend, True
+    raise ValueError(f"trainer.backend={cfg.backend!r}: expected auto, sdpa_dense, flex or flat")
+
+
+def resolve_precision(cfg: TrainerConfig, device: str) -> str:
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"trainer.precision={cfg.precision!r}: expected auto, fp32 or bf16")
+    return precision
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_config(cfg: TrainerConfig, precision: str, world_size: int) -> dict[str, Any]:
+    if cfg.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"trainer.zero_stage={cfg.zero_stage}: expected 0, 1, 2 or 3")
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.lr,
+                "betas": [cfg.beta1, cfg.beta2],
+                "eps": cfg.adam_eps,
+                "weight_decay": cfg.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "wall_clock_breakdown": False,
+    }
+
+
+def shard_samples(samples: Sequence[TrainSample], rank: int, world: int) -> list[TrainSample]:
+    """Whole groups per rank (their prefixes merge), balanced greedily by token count."""
+    groups: dict[str, list[TrainSample]] = {}
+    for s in samples:
+        groups.setdefault(s.group, []).append(s)
+    loads = [0] * world
+    mine: list[TrainSample] = []
+    for _, members in sorted(groups.items(), key=lambda kv: -sum(len(s.tokens) for s in kv[1])):
+        r = loads.index(min(loads))
+        loads[r] += sum(len(s.tokens) for s in members)
+        if r == rank:
+            mine.extend(members)
+    return mine
+
+
+def filler_microbatch() -> MicroBatch:
+    """A two-token micro-batch with zero weight: keeps ranks' collective calls in step."""
+    s = TrainSample(
+        "filler#0", np.zeros(2, dtype=np.int64), 1, np.zeros(1, np.float32), np.zeros(1, np.float32), 0.0
+    )
+    mb = collate([s], merge=True)
+    mb.flat_tokens = 0
+    return mb
+
+
+class Trainer:
+    """One rank of the DeepSpeed train engine."""
+
+    def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, model: torch.nn.Module | None = None) -> None:
+        import deepspeed
+
+        from forge.models import build_model
+
+        self.cfg, self.algo = cfg, algo
+        self.device = resolve_device(cfg)
+        self.kernel, self.merge = resolve_backend(cfg, self.device)
+        self.precision = resolve_precision(cfg, self.device)
+        if cfg.fp32_lm_head and cfg.zero_stage == 3:
+            raise ValueError("trainer.fp32_lm_head=true is not supported with trainer.zero_stage=3")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        if self.device == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        if not dist.is_initialized():
+            deepspeed.init_distributed(
+                dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False
+            )
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        torch.manual_seed(cfg.seed)
+        if model is None:
+            model = build_model(cfg.model, dtype=torch.float32, seed=cfg.seed)
+        model.set_attn_implementation(model_attn_implementation(self.kernel))
+        model.config.use_cache = False
+        if cfg.gradient_checkpointing:
+            # transformers >= 5.23 renamed it; the GPU image's 5.17 has only the old name
+            enable = (
+                getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            )
+            enable({"use_reentrant": False})
+        model.train()
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=deepspeed_config(cfg, self.precision, self.world),
+        )
+        self.model = self.engine.module
+        self.step = 0
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ training
+    def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.engine.device)
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def train_step(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        """One optimizer step on a batch of completed episodes; returns global metrics."""
+        start = time.perf_counter()
+        advantages = compute_advantages(episodes, self.algo)
+        samples, empty = build_samples(episodes, advantages, normalisation(self.algo))
+        mine = shard_samples(samples, self.rank, self.world)
+        mbs = make_microbatches(mine, self.cfg.micro_batch_tokens, self.merge)
+        n_mb = int(self._all_reduce([len(mbs)], dist.ReduceOp.MAX)[0])
+        mbs += [filler_microbatch() for _ in range(n_mb - len(mbs))]
+        world = float(self.world)
+
+        finite = True
+
+        def backward(loss: torch.Tensor) -> None:
+            nonlocal finite
+            finite &= bool(torch.isfinite(loss.detach()))
+            self.engine.backward(loss * world)
+
+        m = forward_backward(
+            self.model, mbs, self.algo, self.kernel, backward, self.cfg.fp32_lm_head, self.cfg.logprob_chunk
+        )
+        finite = bool(self._all_reduce([0.0 if finite else 1.0])[0] == 0)
+        applied = self._optimizer_step(finite)
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics = self._global_metrics(m)
+        elapsed = time.perf_counter() - start
+        self.step += int(applied)
+        self.skipped_steps += int(not applied)
+        metrics.update(
+            step=float(self.step),
+            step_applied=float(applied),
+            skipped_steps=float(self.skipped_steps),
+            nonfinite_loss=float(not finite),
+            grad_norm=grad_norm,
+            empty_completions_skipped=float(empty),
+            samples=float(len(samples)),
+            episodes=float(len(episodes)),
+            token_ratio=metrics["flat_tokens"] / max(metrics["tree_tokens"], 1.0),
+            step_time_s=elapsed,
+            # what a flat (unmerged) trainer would have had to process per second, and what we computed
+            trained_tokens_per_s=metrics["flat_tokens"] / elapsed,
+            computed_tokens_per_s=metrics["tree_tokens"] / elapsed,
+        )
+        return metrics
+
+    def _optimizer_step(self, finite_loss: bool) -> bool:
+        """Apply the step unless a loss or the gradient is non-finite; True when applied."""
+        if self.cfg.zero_stage == 0:
+            # no ZeRO optimizer: check the gradients ourselves (before DeepSpeed all-reduces them)
+            local_ok = all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.model.parameters()
+            )
+            ok = self._all_reduce([0.0 if (local_ok and finite_loss) else 1.0])[0] == 0
+            if not ok:
+                self.engine.zero_grad()
+                self.engine.optimizer.zero_grad(set_to_none=True)
+                return False
+            self.engine.step()
+            return True
+        if not finite_loss:
+            self._poison_gradients()  # make DeepSpeed's overflow check see it and skip the step
+        self.engine.step()
+        return bool(self.engine.was_step_applied())
+
+    def _poison_gradients(self) -> None:
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.fill_(float("nan"))
+                return
+
+    def _global_metrics(self, m: dict[str, float]) -> dict[str, float]:
+        n = m["trained_tokens"]
+        summed = self._all_reduce([m[k] for k in SUMMED] + [m[k] * n for k in TOKEN_MEANS])
+        out = dict(zip(SUMMED, summed[: len(SUMMED)], strict=True))
+        n_all = max(out["trained_tokens"], 1.0)
+        out.update({k: v / n_all for k, v in zip(TOKEN_MEANS, summed[len(SUMMED) :], strict=True)})
+        hi = self._all_reduce([m["is_ratio_max"]], dist.ReduceOp.MAX)[0]
+        lo = -self._all_reduce([-m["is_ratio_min"] if n else -math.inf], dist.ReduceOp.MAX)[0]
+        out.update(is_ratio_max=hi, is_ratio_min=lo, microbatches=m["microbatches"])
+        for k in ("tis_mean", "tis_max"):
+            if k in m:
+                out[k] = m[k]
+        return out
+
+    # ------------------------------------------------------------------ state
+    def save_checkpoint(self, directory: str, tag: str | None = None) -> str:
+        tag = tag or f"step{self.step}"
+        self.engine.save_checkpoint(
+            directory,
+            tag=tag,
+            client_state={"step": self.step, "skipped": self.skipped_steps, "cfg": asdict(self.cfg)},
+        )
+        return tag
+
+    def load_checkpoint(self, directory: str, tag: str | None = None) -> None:
+        path, client = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory!r} (tag={tag!r})")
+        self.step = int(client.get("step", 0))
+        self.skipped_steps = int(client.get("skipped", 0))
+
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full named tensors (gathered one by one under ZeRO-3), for weight sync and export.
+
+        Every rank must iterate (the ZeRO-3 gather is collective); ranks other than 0 may
+        ignore what they get.
+        """
+        import deepspeed
+
+        for name, p in self.model.named_parameters():
+            if hasattr(p, "ds_id"):  # ZeRO-3 partitioned parameter
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    yield name, p.data.detach().clone()
+            else:
+                yield name, p.data.detach()
+
+    def weights_digest(self) -> str:
+        """A checksum of the full weights (for tests: ranks must agree)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in self.export_weights():
+            h.update(name.encode())
+            h.update(t.float().cpu().numpy().tobytes())
+        return h.hexdigest()
