@@ -1,0 +1,319 @@
+"""The scheduler: continuous batching over a fixed number of slots, in a thread of its own.
+
+Loop: run queued control operations (abort, pause, weight updates, ...) → admit waiting requests
+into free slots (one batched prefill, which also samples their first token) → one batched decode
+step for every active slot → finish rows (stop token, stop string, length, abort) and compact the
+active rows to the front of the slot array. New requests therefore join between decode steps.
+
+Threading: HTTP handlers call `submit()` / `call()` from the server's event loop; everything that
+touches the model or the slot state runs on the scheduler thread. Results go back through the
+`on_done` callback of each request (the server wraps an asyncio future).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from gateway.engines.native.request import BadRequest, Req
+from gateway.engines.native.runner import ModelRunner, RowInputs
+
+log = logging.getLogger("forge.engine")
+
+Done = Callable[[dict[str, Any]], None]
+
+
+class EngineCore:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any | None,
+        *,
+        max_running: int,
+        context_length: int,
+        use_cuda_graph: bool,
+        eos_token_ids: set[int],
+        weight_version: str = "0",
+        max_prefill_tokens: int = 8192,
+    ) -> None:
+        self.runner = ModelRunner(model, max_running, context_length, use_cuda_graph)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_token_ids = set(eos_token_ids)
+        self.weight_version = str(weight_version)
+        self.max_prefill_tokens = max_prefill_tokens
+        self.context_length = context_length
+        self.max_running = max_running
+        self.rows: list[Req] = []  # active requests; rows[i] lives in slot i
+        self._done: dict[str, Done] = {}
+        self._waiting: deque[Req] = deque()
+        self._ops: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._cv = threading.Condition()
+        self._rids: set[str] = set()
+        self.paused = False
+        self._stopped = False
+        self.steps = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="forge-engine-scheduler", daemon=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    # ---- called from other threads --------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def submit(self, req: Req, on_done: Done) -> None:
+        with self._cv:
+            if self._stopped or self.error is not None:
+                raise RuntimeError("the engine is stopped")
+            if req.rid in self._rids:
+                raise BadRequest(f"a request with rid {req.rid!r} is already running")
+            self._rids.add(req.rid)
+            self._done[req.rid] = on_done
+            self._waiting.append(req)
+            self._cv.notify_all()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `fn` on the scheduler thread between steps; its result in the returned future."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if self._stopped or self.error is not None:
+                fut.set_exception(RuntimeError("the engine is stopped"))
+                return fut
+            self._ops.append((fn, fut))
+            self._cv.notify_all()
+        return fut
+
+    def load(self) -> dict[str, int]:
+        with self._cv:
+            return {"running": len(self.rows), "waiting": len(self._waiting)}
+
+    # ---- scheduler thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._step():
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - the engine is dead; fail everything
+            log.exception("engine scheduler crashed")
+            self.error = exc
+            self._fail_all(f"engine error: {exc!r}")
+
+    def _step(self) -> bool:
+        with self._cv:
+            while not self._stopped and not self._ops and (self.paused or not (self._waiting or self.rows)):
+                self._cv.wait()
+            if self._stopped:
+                self._fail_all("engine stopped")
+                return False
+            ops = list(self._ops)
+            self._ops.clear()
+        for fn, fut in ops:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(exc)
+        if self.paused:
+            return True
+        self._admit()
+        if self.rows:
+            self._decode()
+        return True
+
+    def _take_waiting(self) -> list[Req]:
+        batch: list[Req] = []
+        with self._cv:
+            free = self.max_running - len(self.rows)
+            longest = 0
+            while self._waiting and len(batch) < free:
+                req = self._waiting[0]
+                longest2 = max(longest, len(req.input_ids))
+                if batch and longest2 * (len(batch) + 1) > self.max_prefill_tokens:
+                    break
+                longest = longest2
+                batch.append(self._waiting.popleft())
+        return batch
+
+    def _admit(self) -> None:
+        batch = self._take_waiting()
+        empty = [r for r in batch if r.max_new_tokens <= 0]
+        for req in empty:
+            req.finish_reason = {"type": "length", "length": req.max_new_tokens}
+            self._finish(req)
+        batch = [r for r in batch if r.max_new_tokens > 0]
+        if not batch:
+            return
+        start = len(self.rows)
+        for i, req in enumerate(batch):
+            req.slot = start + i
+        inputs = RowInputs(
+            tokens=[],
+            positions=[len(r.input_ids) - 1 for r in batch],
+            temperature=[r.temperature for r in batch],
+            top_p=[r.top_p for r in batch],
+            top_k=[r.top_k for r in batch],
+            min_p=[r.min_p for r in batch],
+            seed=[r.seed for r in batch],
+        )
+        tokens, logprobs = self.runner.prefill(start, [r.input_ids for r in batch], inputs)
+        self.rows.extend(batch)
+        self._advance(batch, tokens, logprobs)
+
+    def _decode(self) -> None:
+        rows = self.rows
+        inputs = RowInputs(
+            tokens=[r.output_ids[-1] for r in rows],
+            positions=[len(r.input_ids) + len(r.output_ids) - 1 for r in rows],
+            temperature=[r.temperature for r in rows],
+            top_p=[r.top_p for r in rows],
+            top_k=[r.top_k for r in rows],
+            min_p=[r.min_p for r in rows],
+            seed=[r.seed for r in rows],
+        )
+        tokens, logprobs = self.runner.decode(inputs)
+        self.steps += 1
+        self._advance(rows, tokens, logprobs)
+
+    def _advance(self, rows: list[Req], tokens: list[int], logprobs: list[float]) -> None:
+        for req, tok, lp in zip(rows, tokens, logprobs, strict=True):
+            req.output_ids.append(tok)
+            req.output_logprobs.append(lp)
+            req.finish_reason = self._check_finished(req, tok)
+        self._reap()
+
+    def _check_finished(self, req: Req, tok: int) -> dict[str, Any] | None:
+        # Same precedence as SGLang's Req.check_finished: length, then stop token, then stop string.
+        if len(req.output_ids) >= req.max_new_tokens:
+            return {"type": "length", "length": req.max_new_tokens}
+        if tok in req.stop_token_ids or (not req.ignore_eos and tok in self.eos_token_ids):
+            return {"type": "stop", "matched": tok}
+        if req.stop_strs:
+            longest = max(len(s) for s in req.stop_strs)
+            tail = self.tokenizer.decode(req.output_ids[-(longest + 8) :], skip_special_tokens=False)
+            for s in req.stop_strs:
+                if s in tail:
+                    return {"type": "stop", "matched": s}
+        return None
+
+    def _reap(self) -> None:
+        """Finish rows that have a finish reason and compact the survivors to the front."""
+        rows = self.rows
+        if not any(r.finish_reason is not None for r in rows):
+            return
+        keep = [r for r in rows if r.finish_reason is None]
+        n_keep = len(keep)
+        holes = [i for i in range(n_keep) if rows[i].finish_reason is not None]
+        movers = [j for j in range(n_keep, len(rows)) if rows[j].finish_reason is None]
+        for req in rows:
+            if req.finish_reason is not None:
+                self._finish(req)
+        for hole, src in zip(holes, movers, strict=True):
+            req = rows[src]
+            self.runner.move_slot(hole, src, len(req.input_ids) + len(req.output_ids) - 1)
+            req.slot = hole
+            rows[hole] = req
+        self.rows = rows[:n_keep]
+
+    def _finish(self, req: Req) -> None:
+        done = self._done.pop(req.rid, None)
+        with self._cv:
+            self._rids.discard(req.rid)
+        if done is not None:
+            done(self._response(req))
+
+    def _response(self, req: Req) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "finish_reason": req.finish_reason,
+            "prompt_tokens": len(req.input_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": 0,
+            "weight_version": self.weight_version,
+            "e2e_latency": time.monotonic() - req.created,
+        }
+        if req.return_logprob:
+            texts: list[str | None] = [None] * len(req.output_ids)
+            if req.return_text_in_logprobs and self.tokenizer is not None:
+                texts = [self.tokenizer.decode([t]) for t in req.output_ids]
+            meta["output_token_logprobs"] = [
+                [lp, tok, txt]
+                for lp, tok, txt in zip(req.output_logprobs, req.output_ids, texts, strict=True)
+            ]
+        return {"text": self._text(req), "output_ids": list(req.output_ids), "meta_info": meta}
+
+    def _text(self, req: Req) -> str:
+        if self.tokenizer is None:
+            return ""
+        text = self.tokenizer.decode(req.output_ids, skip_special_tokens=req.skip_special_tokens)
+        fr = req.finish_reason or {}
+        matched = fr.get("matched")
+        if isinstance(matched, str) and not req.no_stop_trim and matched in text:
+            text = text[: text.index(matched)]
+        return text
+
+    def _fail_all(self, message: str) -> None:
+        with self._cv:
+            pending = list(self._waiting)
+            self._waiting.clear()
+        for req in pending + list(self.rows):
+            req.finish_reason = {"type": "abort", "message": message, "status_code": 503}
+            self._finish(req)
+        self.rows = []
+        with self._cv:
+            ops = list(self._ops)
+            self._ops.clear()
+        for _, fut in ops:
+            if not fut.done():
+                fut.set_exception(RuntimeError(message))
+
+    # ---- control operations (run through `call`) ------------------------------------------
+    def abort(self, rid: str | None, abort_all: bool = False, message: str = "Aborted by request") -> int:
+        """Abort a request by rid (waiting or running), or all; returns how many were aborted."""
+        reason = {"type": "abort", "message": message, "status_code": None, "err_type": None}
+        with self._cv:
+            hit = [r for r in self._waiting if abort_all or r.rid == rid]
+            for r in hit:
+                self._waiting.remove(r)
+        for r in hit:
+            r.finish_reason = dict(reason)
+            self._finish(r)
+        running = [r for r in self.rows if abort_all or r.rid == rid]
+        for r in running:
+            r.finish_reason = dict(reason)
+        self._reap()
+        return len(hit) + len(running)
+
+    def pause(self, mode: str) -> None:
+        if mode == "abort":
+            self.abort(None, abort_all=True, message="Aborted by pause_generation")
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def set_weight_version(self, version: str | None) -> str:
+        if version is not None:
+            self.weight_version = str(version)
+        elif self.weight_version.isdigit():
+            self.weight_version = str(int(self.weight_version) + 1)
+        else:
+            self.weight_version = f"{self.weight_version}+1"
+        return self.weight_version

@@ -1,0 +1,196 @@
+"""Building and starting the built-in engine: load a model, make the core, serve HTTP.
+
+handle = start_engine_in_thread("tiny", device="cpu")    # in-process, for tests / Ray actors
+handle.url  → "http://127.0.0.1:PORT";  handle.stop()
+
+python -m gateway.engines.native --model PATH --host 127.0.0.1 --port 30000 [--device cuda]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gateway.engines.native.core import EngineCore
+
+log = logging.getLogger("forge.engine")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EngineConfig:
+    model: str  # a local HF directory, or a forge.models name (tiny, smollm2_135m, qwen3_0p6b_random)
+    device: str = "cpu"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    max_running_requests: int = 64
+    context_length: int | None = None  # default: min(model's max positions, 4096)
+    cuda_graph: bool = True
+    weight_version: str = "0"
+    max_prefill_tokens: int | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}")
+        return DTYPES[self.dtype]
+
+
+def load_model(name: str, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[Any, Any, str]:
+    """(model, tokenizer or None, resolved path) for a directory or a forge.models name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forge.models import build_model, resolve_model
+
+    if name == "qwen3_0p6b_random":
+        return build_model(name, dtype=dtype, device=device, seed=seed).eval(), None, name
+    path = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    tokenizer = None
+    if any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, str(path)
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end generation by default, as `model.generate` sees them."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for src in (getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None)):
+        if src is None:
+            continue
+        ids.update([src] if isinstance(src, int) else list(src))
+        break
+    if not ids and tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def build_core(
+    cfg: EngineConfig, model: Any = None, tokenizer: Any = None
+) -> tuple[EngineCore, dict[str, Any]]:
+    """An EngineCore (not started) and the model-info dict; pass `model` to reuse one in memory."""
+    torch.manual_seed(cfg.seed)
+    path = cfg.model
+    if model is None:
+        model, tokenizer, path = load_model(cfg.model, cfg.device, cfg.torch_dtype(), cfg.seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    max_pos = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
+    context = cfg.context_length or min(max_pos, 4096)
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    core = EngineCore(
+        model,
+        tokenizer,
+        max_running=cfg.max_running_requests,
+        context_length=context,
+        use_cuda_graph=cfg.cuda_graph,
+        eos_token_ids=eos_ids(model, tokenizer),
+        weight_version=cfg.weight_version,
+        max_prefill_tokens=cfg.max_prefill_tokens or (16384 if on_cuda else 2048),
+    )
+    info = {
+        "model_path": path,
+        "tokenizer_path": path if tokenizer is not None else None,
+        "served_model_name": path,
+        "model_type": getattr(model.config, "model_type", None),
+        "architectures": getattr(model.config, "architectures", None),
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "engine": "forge-native",
+    }
+    return core, info
+
+
+@dataclass
+class EngineHandle:
+    """A running engine: its URL, its core, and how to stop it."""
+
+    url: str
+    core: EngineCore
+    _loop: asyncio.AbstractEventLoop
+    _thread: threading.Thread
+    _runner: Any
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self._runner.cleanup()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        self.core.stop()
+
+    def __enter__(self) -> EngineHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_core(
+    core: EngineCore, info: dict[str, Any], host: str = "127.0.0.1", port: int = 0
+) -> EngineHandle:
+    """Start `core` and an HTTP server for it on a thread of its own; returns once it listens."""
+    from aiohttp import web
+
+    from gateway.engines.native.server import build_app
+
+    core.start()
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            runner = web.AppRunner(build_app(core, info), handler_cancellation=True, access_log=None)
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, host, port)
+            loop.run_until_complete(site.start())
+            sock = site._server.sockets[0]  # type: ignore[union-attr]
+            started["port"] = sock.getsockname()[1]
+            started["runner"] = runner
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            started["error"] = exc
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="forge-engine-http", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in started:
+        core.stop()
+        raise started["error"]
+    url = f"http://{host}:{started['port']}"
+    return EngineHandle(url=url, core=core, _loop=loop, _thread=thread, _runner=started["runner"])
+
+
+def start_engine_in_thread(
+    model: str | Any = "tiny",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tokenizer: Any = None,
+    **config: Any,
+) -> EngineHandle:
+    """Load (or take) a model and serve it in-process. `model`: a name/path, or a model object.
+    Keyword arguments are EngineConfig fields (device, dtype, max_running_requests, ...)."""
+    if isinstance(model, str):
+        core, info = build_core(EngineConfig(model=model, **config))
+    else:
+        device = str(next(model.parameters()).device)
+        core, info = build_core(EngineConfig(model="<in-memory>", device=device, **config), model, tokenizer)
+    return serve_core(core, info, host, port)

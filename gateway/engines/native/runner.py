@@ -1,0 +1,191 @@
+"""The model side of the engine: batched prefill and decode over the slot KV cache, CUDA graphs, sampling.
+
+`ModelRunner` owns the transformers model (attention routed through `kv.SlotKV`), static input
+buffers and, on CUDA, one captured graph per (batch bucket, key-length bucket) for the decode
+forward. Per decode step the host uploads one small pinned buffer (token ids, positions,
+sampling parameters) and reads back one (sampled tokens and their log-probs): a single sync.
+The scheduler (`core.py`) decides what runs; this module only runs it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from gateway.engines.native import kv as kvmod
+from gateway.engines.native.sampling import RowParams, sample
+
+
+@dataclass
+class RowInputs:
+    """Host-side inputs for a batch of rows (one decode step, or the first token after prefill)."""
+
+    tokens: list[int]  # decode: the token fed per row; prefill: unused
+    positions: list[int]  # position of the fed token (decode) / prompt length - 1 (prefill)
+    temperature: list[float]
+    top_p: list[float]
+    top_k: list[int]
+    min_p: list[float]
+    seed: list[int]
+
+
+def _buckets(limit: int, small: list[int], step: int) -> list[int]:
+    out = [b for b in small if b < limit]
+    b = (out[-1] if out else 0) + step
+    while b < limit:
+        out.append(b)
+        b += step
+    out.append(limit)
+    return sorted(set(out))
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_running: int,
+        context_length: int,
+        use_cuda_graph: bool,
+    ) -> None:
+        self.model = model
+        self.config = model.config
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self.base = model.base_model
+        self.lm_head = model.get_output_embeddings()
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.max_running = max_running
+        self.context_length = context_length
+        self.kv = kvmod.SlotKV(
+            cfg.num_hidden_layers, max_running, kv_heads, context_length, head_dim, self.dtype, self.device
+        )
+        kvmod.bind(model, self.kv)
+        self.use_cuda_graph = bool(use_cuda_graph and self.device.type == "cuda")
+        pin = self.device.type == "cuda"
+        # int64 inputs: tokens, positions, top_k, seeds; float32: temperature, top_p, min_p
+        self._host_i = torch.zeros(4, max_running, dtype=torch.int64, pin_memory=pin)
+        self._host_f = torch.zeros(3, max_running, dtype=torch.float32, pin_memory=pin)
+        self._dev_i = torch.zeros(4, max_running, dtype=torch.int64, device=self.device)
+        self._dev_f = torch.zeros(3, max_running, dtype=torch.float32, device=self.device)
+        self._rows = torch.arange(max_running, device=self.device)
+        self.batch_buckets = _buckets(max_running, [1, 2, 4, 8, 16], 8)
+        self.length_buckets = _buckets(context_length, [64, 128, 256, 512, 1024], 1024)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool: object | None = None
+
+    # ---- inputs -------------------------------------------------------------------------
+    def _upload(self, rows: RowInputs, n: int, pad_to: int) -> RowParams:
+        hi, hf = self._host_i, self._host_f
+        hi[:, :pad_to].zero_()
+        hi[0, :n] = torch.tensor(rows.tokens, dtype=torch.int64) if rows.tokens else 0
+        hi[1, :n] = torch.tensor(rows.positions, dtype=torch.int64)
+        hi[2, :n] = torch.tensor(rows.top_k, dtype=torch.int64)
+        hi[3, :n] = torch.tensor(rows.seed, dtype=torch.int64)
+        hf[0, :n] = torch.tensor(rows.temperature, dtype=torch.float32)
+        hf[1, :n] = torch.tensor([p if p < 1.0 else 2.0 for p in rows.top_p], dtype=torch.float32)
+        hf[2, :n] = torch.tensor(rows.min_p, dtype=torch.float32)
+        self._dev_i[:, :pad_to].copy_(hi[:, :pad_to], non_blocking=True)
+        self._dev_f[:, :pad_to].copy_(hf[:, :pad_to], non_blocking=True)
+        sampled = [t > 1e-5 for t in rows.temperature]
+        filt = any(
+            s and (p < 1.0 or k < self.vocab_size or m > 0.0)
+            for s, p, k, m in zip(sampled, rows.top_p, rows.top_k, rows.min_p, strict=True)
+        )
+        return RowParams(
+            temperature=self._dev_f[0, :n],
+            top_p=self._dev_f[1, :n],
+            min_p=self._dev_f[2, :n],
+            top_k=self._dev_i[2, :n],
+            seed=self._dev_i[3, :n],
+            position=self._dev_i[1, :n] + 1,
+            any_sampled=any(sampled),
+            any_filter=filt,
+        )
+
+    # ---- forward ------------------------------------------------------------------------
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    def _decode_forward(self, batch: int, length: int) -> torch.Tensor:
+        positions = self._dev_i[1, :batch]
+        self.kv.plan = kvmod.DecodePlan(
+            rows=self._rows[:batch],
+            positions=positions,
+            length=length,
+            mask=kvmod.decode_mask(positions, length, self.dtype),
+        )
+        out = self.base(
+            input_ids=self._dev_i[0, :batch, None], position_ids=positions[:, None], use_cache=False
+        )
+        return self._logits(out.last_hidden_state[:, -1])
+
+    def _graph_logits(self, batch: int, length: int) -> torch.Tensor:
+        key = (batch, length)
+        if key not in self._graphs:
+            # Warm up on a side stream, then capture. Both runs write this step's keys/values at
+            # this step's positions, which the replay below writes again identically.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._decode_forward(batch, length)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                logits = self._decode_forward(batch, length)
+            if self._pool is None:
+                self._pool = graph.pool()
+            self._graphs[key] = (graph, logits)
+        graph, logits = self._graphs[key]
+        graph.replay()
+        return logits
+
+    @torch.inference_mode()
+    def decode(self, rows: RowInputs) -> tuple[list[int], list[float]]:
+        """One token for each of the first n slots (n = len(rows.positions))."""
+        n = len(rows.positions)
+        need = max(rows.positions) + 1
+        if self.use_cuda_graph:
+            batch = self.batch_buckets[bisect.bisect_left(self.batch_buckets, n)]
+            length = self.length_buckets[bisect.bisect_left(self.length_buckets, need)]
+            params = self._upload(rows, n, batch)
+            logits = self._graph_logits(batch, length)[:n]
+        else:
+            params = self._upload(rows, n, n)
+            logits = self._decode_forward(n, need)
+        return self._sample(logits, params)
+
+    @torch.inference_mode()
+    def prefill(self, start: int, prompts: list[list[int]], rows: RowInputs) -> tuple[list[int], list[float]]:
+        """Fill slots [start, start+B) with the prompts; returns each one's first sampled token."""
+        b = len(prompts)
+        t = max(len(p) for p in prompts)
+        ids = torch.zeros(b, t, dtype=torch.int64)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.int64)
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
+        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        positions = torch.arange(t, device=self.device).expand(b, t)
+        self.kv.plan = kvmod.PrefillPlan(start=start, mask=kvmod.prefill_mask(lengths, t, self.dtype))
+        out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
+        last = out.last_hidden_state[torch.arange(b, device=self.device), lengths - 1]
+        params = self._upload(rows, b, b)
+        return self._sample(self._logits(last), params)
+
+    def _sample(self, logits: torch.Tensor, params: RowParams) -> tuple[list[int], list[float]]:
+        tokens, logprobs = sample(logits, params)
+        both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).cpu()
+        return [int(x) for x in both[0].tolist()], both[1].tolist()
+
+    def move_slot(self, dst: int, src: int, length: int) -> None:
+        self.kv.move(dst, src, length)
+
+    def reset_graphs(self) -> None:
+        """Drop captured graphs (their parameters are read in place, so weight updates keep them valid)."""
+        self._graphs.clear()
+        self._pool = None
