@@ -9,7 +9,6 @@ Both encode the same rule: q attends k iff k <= q < end[k].
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -22,13 +21,6 @@ FLEX_BLOCK = 128
 
 def model_attn_implementation(backend: str) -> str:
     return "flex_attention" if backend == "flex" else "sdpa"
-
-
-@functools.cache
-def _compiled_create_block_mask():
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    return torch.compile(create_block_mask)
 
 
 def pad_for(backend: str, packed: Packed) -> int:
@@ -53,16 +45,46 @@ def build_mask(backend: str, packed: Packed, device: torch.device, pad: int = 0)
         def tree_mask(b, h, q_idx, kv_idx):
             return (kv_idx <= q_idx) & (q_idx < end[kv_idx])
 
-        t = end.numel()
-        create = _compiled_create_block_mask() if device.type == "cuda" else _eager_create_block_mask()
-        return create(tree_mask, None, None, t, t, device=device)
+        return tree_block_mask(end, tree_mask)
     raise ValueError(f"attention backend {backend!r}: expected one of {BACKENDS}")
 
 
-def _eager_create_block_mask():
-    from torch.nn.attention.flex_attention import create_block_mask
+def block_flags(end: torch.Tensor, block: int = FLEX_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial [nq, nk], full [nq, nk]) block flags of the tree rule, without a T×T mask.
 
-    return create_block_mask
+    Key block j holds keys [j·B, (j+1)·B); key k is seen by queries [k, end[k]). Block (i, j)
+    may hold a visible pair iff min k ≤ max q and max end > min q (a superset: the mask_mod
+    decides inside); it is full iff max k ≤ min q and min end > max q.
+    """
+    t = end.numel()
+    assert t % block == 0, "pad to a multiple of the block size first"
+    n = t // block
+    e = end.view(n, block)
+    starts = torch.arange(n, device=end.device) * block
+    k_min, k_max = starts, starts + block - 1
+    e_min, e_max = e.min(1).values, e.max(1).values
+    q_min, q_max = starts.unsqueeze(1), (starts + block - 1).unsqueeze(1)  # rows: query blocks
+    partial = (k_min.unsqueeze(0) <= q_max) & (e_max.unsqueeze(0) > q_min)
+    full = (k_max.unsqueeze(0) <= q_min) & (e_min.unsqueeze(0) > q_max)
+    return partial & ~full, full
+
+
+def _ordered(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = flags.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(flags.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts[None, None], indices[None, None]
+
+
+def tree_block_mask(end: torch.Tensor, mask_mod) -> Any:
+    """A FlexAttention BlockMask for the tree rule, built from block-level bounds."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    partial, full = block_flags(end)
+    kv_num, kv_idx = _ordered(partial)
+    full_num, full_idx = _ordered(full)
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod
+    )
 
 
 __all__ = ["BACKENDS", "build_mask", "model_attn_implementation", "pad_for", "tree_attention_mask"]

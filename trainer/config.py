@@ -44,6 +44,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = True
+    compile_layers: bool = False  # torch.compile each decoder layer (GPU; fuses norms, rotary, MLP)
     fp32_lm_head: bool = False  # compute the LM head in fp32 (M1's train/inference mismatch fix)
     logprob_chunk: int = 1024  # rows per LM-head chunk: [chunk x vocab] is the largest logits block
     seed: int = 0

@@ -159,6 +159,9 @@ class Trainer:
                 getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             )
             enable({"use_reentrant": False})
+        if cfg.compile_layers:
+            for layer in model.get_decoder().layers:
+                layer.compile(dynamic=True)
         model.train()
         self.engine, *_ = deepspeed.initialize(
             model=model,

@@ -1,0 +1,10 @@
+# Sourced at the start of a command on a lent GPU machine (no network there): unpacks the site
+# bundle built by ../shared/device/build-bundle.sh into /tmp/site and sets the environment.
+# usage (inside `run`): source scripts/device/setup.sh
+set -e
+if [ ! -d /tmp/site/ray ]; then mkdir -p /tmp/site && tar xJf .device-bundle/site.tar.xz -C /tmp/site; fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export FORGE_CACHE=/tmp/forge-cache WANDB_MODE=offline
+forge() { python3 -m forge.cli "$@"; }
+set +e

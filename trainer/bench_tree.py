@@ -1,0 +1,197 @@
+"""`forge bench tree`: prefix-tree merging vs flat packing on realistic agent batches.
+
+For each calls-per-episode setting it builds G episodes of K calls (a group sharing one
+prompt; call t's prompt = call t−1's prompt + completion + observation), then times one
+forward+backward of the CISPO loss over all micro-batches, merged (tree) and unmerged (flat),
+with the same attention kernel (flex on CUDA, dense SDPA on CPU). It prints flat_tokens,
+tree_tokens, token_ratio, flat_ms, tree_ms, speedup, max_rel_grad_err, flat_peak_mb,
+tree_peak_mb. When the flat batch exceeds --flat-cap tokens, flat_ms is measured on an evenly
+strided subset of its micro-batches and scaled by their count (flat_measured_fraction < 1);
+max_rel_grad_err then compares gradients on a sub-batch (the first --grad-episodes episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from forge.types import Episode, Sample, Task
+from trainer.advantages import group_relative
+from trainer.batch import MicroBatch, build_samples, make_microbatches
+from trainer.config import AlgoConfig
+from trainer.step import forward_backward
+
+
+def agent_episodes(
+    rng: np.random.Generator,
+    group_size: int,
+    calls: int,
+    tokens_per_call: int,
+    prompt_tokens: int,
+    vocab: int,
+) -> list[Episode]:
+    """One group; each call adds tokens_per_call tokens: half completion, half observation."""
+    completion, obs = tokens_per_call // 2, tokens_per_call - tokens_per_call // 2
+    prompt = rng.integers(0, vocab, prompt_tokens).tolist()
+    episodes = []
+    for m in range(group_size):
+        task = Task(id=f"e{m}", env="bench", group_id="g", group_size=group_size)
+        context, samples = list(prompt), []
+        for t in range(calls):
+            out = rng.integers(0, vocab, completion).tolist()
+            samples.append(Sample(task.id, task.id, t, list(context), out, [-2.0] * completion))
+            context = context + out + rng.integers(0, vocab, obs).tolist()
+        episodes.append(Episode(task=task, samples=samples, reward=float(m % 2)))
+    return episodes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tuple[float, float | None]:
+    """(milliseconds, peak MB) of one forward+backward over `mbs`."""
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    start = time.perf_counter()
+    forward_backward(model, mbs, AlgoConfig(), kernel)
+    _sync(device)
+    ms = (time.perf_counter() - start) * 1e3
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return ms, peak
+
+
+def _grads(model, mbs: list[MicroBatch], kernel: str) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, mbs, AlgoConfig(), kernel)
+    return {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def max_rel_grad_err(model, episodes: list[Episode], kernel: str, budget: int) -> float:
+    samples, _ = build_samples(episodes, group_relative(episodes), "token")
+    g_tree = _grads(model, make_microbatches(samples, budget, True), kernel)
+    g_flat = _grads(model, make_microbatches(samples, budget, False), kernel)
+    errs = [float((g_tree[n] - g_flat[n]).norm() / g_flat[n].norm()) for n in g_flat if g_flat[n].norm() > 0]
+    return max(errs)
+
+
+def bench_config(model, args, calls: int, kernel: str, device: torch.device, vocab: int) -> dict[str, Any]:
+    rng = np.random.default_rng(args.seed)
+    episodes = agent_episodes(rng, args.group_size, calls, args.tokens_per_call, args.prompt_tokens, vocab)
+    samples, _ = build_samples(episodes, group_relative(episodes), "token")
+    longest = max(len(s.tokens) for s in samples)
+    budget = max(args.budget, -(-longest // 1024) * 1024)
+    tree = make_microbatches(samples, budget, merge=True)
+    flat = make_microbatches(samples, budget, merge=False)
+    flat_tokens = sum(mb.packed.num_tokens for mb in flat)
+    tree_tokens = sum(mb.packed.num_tokens for mb in tree)
+
+    measured = flat
+    if flat_tokens > args.flat_cap:
+        keep = max(1, int(len(flat) * args.flat_cap / flat_tokens))
+        stride = len(flat) / keep
+        measured = [flat[int(i * stride)] for i in range(keep)]
+    _run(model, tree[:1], kernel, device)  # warm-up (kernel compilation, allocator)
+    _run(model, measured[:1], kernel, device)
+    tree_ms = min(_run(model, tree, kernel, device)[0] for _ in range(args.repeat))
+    tree_peak = _run(model, tree, kernel, device)[1]
+    flat_runs = [_run(model, measured, kernel, device) for _ in range(args.repeat)]
+    flat_ms = min(r[0] for r in flat_runs) * len(flat) / len(measured)
+    flat_peak = flat_runs[0][1]
+
+    grad_eps = episodes if len(measured) == len(flat) else episodes[: args.grad_episodes]
+    if len(measured) != len(flat):  # shorten the sub-batch's episodes so flat fits in time
+        grad_eps = [
+            Episode(e.task, e.samples[: max(2, calls // 4)], e.reward, status=e.status) for e in grad_eps
+        ]
+    err = max_rel_grad_err(model, grad_eps, kernel, budget)
+    return {
+        "calls": calls,
+        "tokens_per_call": args.tokens_per_call,
+        "group_size": args.group_size,
+        "flat_tokens": flat_tokens,
+        "tree_tokens": tree_tokens,
+        "token_ratio": round(flat_tokens / tree_tokens, 3),
+        "flat_ms": round(flat_ms, 1),
+        "tree_ms": round(tree_ms, 1),
+        "speedup": round(flat_ms / tree_ms, 3),
+        "max_rel_grad_err": float(f"{err:.3g}"),
+        "flat_peak_mb": None if flat_peak is None else round(flat_peak),
+        "tree_peak_mb": None if tree_peak is None else round(tree_peak),
+        "flat_measured_fraction": round(len(measured) / len(flat), 3),
+        "microbatch_tokens": budget,
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="forge bench tree", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default=None, help="default: tiny on cpu, qwen3_0p6b_random on cuda")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: fp32 cpu, bf16 cuda")
+    p.add_argument("--calls", default=None, help="comma list; default 1,4,8 (cpu) or 1,4,16,64 (cuda)")
+    p.add_argument("--tokens-per-call", type=int, default=None, help="default 64 (cpu), 512 (cuda)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="default: tokens-per-call")
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument(
+        "--budget", type=int, default=None, help="micro-batch tokens; default 4096 cpu, 32768 cuda"
+    )
+    p.add_argument("--flat-cap", type=int, default=2_000_000, help="flat tokens timed before extrapolating")
+    p.add_argument("--grad-episodes", type=int, default=2)
+    p.add_argument("--no-checkpointing", action="store_true")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda but torch sees no CUDA device")
+    args.model = args.model or ("qwen3_0p6b_random" if cuda else "tiny")
+    args.tokens_per_call = args.tokens_per_call or (512 if cuda else 64)
+    args.prompt_tokens = args.prompt_tokens or args.tokens_per_call
+    args.budget = args.budget or (32768 if cuda else 4096)
+    calls = [int(c) for c in (args.calls or ("1,4,16,64" if cuda else "1,4,8")).split(",")]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if cuda else "fp32")]
+
+    from forge.models import build_model
+
+    device = torch.device(args.device)
+    kernel = "flex" if cuda else "sdpa_dense"
+    model = build_model(args.model, dtype=dtype, device=args.device, seed=args.seed)
+    model.set_attn_implementation("flex_attention" if cuda else "sdpa")
+    if not args.no_checkpointing:
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        )
+        enable({"use_reentrant": False})
+    model.train()
+    vocab = model.config.vocab_size
+    rows = []
+    for k in calls:
+        row = bench_config(model, args, k, kernel, device, vocab)
+        rows.append(row)
+        print(json.dumps(row) if args.json else _fmt(row), flush=True)
+    if not args.json:
+        print(f"model={args.model} dtype={args.dtype or dtype} device={args.device} kernel={kernel}")
+    return 0
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    keys = (
+        "calls",
+        "flat_tokens",
+        "tree_tokens",
+        "token_ratio",
+        "flat_ms",
+        "tree_ms",
+        "speedup",
+        "max_rel_grad_err",
+    )
+    return "  ".join(f"{k}={row[k]}" for k in keys) + f"  peak_mb={row['flat_peak_mb']}/{row['tree_peak_mb']}"
