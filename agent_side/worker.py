@@ -1,0 +1,277 @@
+"""`EnvWorker`: pulls tasks from the data pool and runs their episodes against the gateway.
+
+One worker runs up to `concurrency` episodes at once on one asyncio loop. For each task:
+
+    acquire (pool, within its in-flight bound) → POST {gateway}/sessions {task_id}
+    → build the task's environment → run_episode(env, session base URL)   [heartbeating the lease]
+    → check the recorded samples → pool.set_reward(...) → pool.finish(...)
+
+Anything that goes wrong inside an episode — the environment raises, returns a non-numeric reward,
+hangs past its step or episode timeout, the agent program crashes, the gateway refuses the
+session, the recorded samples do not match the model calls — aborts that episode with the reason
+(`pool.abort`: retried with the same FIFO position, or `failed` after `max_attempts`), and the
+worker carries on. A task naming an unregistered environment is failed at once (no worker can
+ever run it). A task whose lease was lost (this worker stalled; the pool gave it to another) is
+dropped silently by this worker: it is no longer ours to finish or abort. A worker that dies
+(kill -9) stops heartbeating; the pool retries its tasks when their leases expire.
+
+The worker needs no Ray; `agent_side.ray_worker` wraps it in a Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from agent_side.env import EnvConfig
+from agent_side.registry import get_env, make_config
+from agent_side.runner import EpisodeError, EpisodeOutcome, run_episode
+from data_pool.errors import StaleTaskError, UnknownTaskError
+from forge.types import Task
+
+log = logging.getLogger(__name__)
+
+
+class SessionError(RuntimeError):
+    """The gateway did not open a session for the task."""
+
+
+class LeaseLost(RuntimeError):
+    """The pool no longer leases this task to this worker."""
+
+
+class EnvWorker:
+    """Runs episodes of pool tasks against a gateway. Plain asyncio; no Ray needed."""
+
+    def __init__(
+        self,
+        pool: Any,
+        gateway_url: str,
+        worker_id: str | None = None,
+        *,
+        concurrency: int = 8,
+        env_configs: Mapping[str, Mapping[str, Any] | EnvConfig] | None = None,
+        model: str = "default",
+        api_key: str = "forge",
+        poll_s: float = 0.5,
+        heartbeat_s: float | None = None,
+    ) -> None:
+        """`pool`: a `data_pool.DataPool`. `env_configs`: per environment name, config overrides
+        (a mapping, e.g. a resolved Hydra node, or an EnvConfig). `heartbeat_s` defaults to a third
+        of the pool's lease timeout."""
+        self.pool = pool
+        self.gateway_url = gateway_url.rstrip("/")
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.concurrency = max(1, int(concurrency))
+        self.model = model
+        self.api_key = api_key
+        self.poll_s = poll_s
+        lease = getattr(getattr(pool, "cfg", None), "lease_timeout_s", 600.0)
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(0.2, lease / 3)
+        self._configs = {name: make_config(name, cfg) for name, cfg in (env_configs or {}).items()}
+        self._stop = asyncio.Event()
+        self._running: dict[str, asyncio.Task[str]] = {}
+        self.stats: Counter[str] = Counter()
+        self._executor = ThreadPoolExecutor(self.concurrency + 4, thread_name_prefix=f"pool-{self.worker_id}")
+
+    # ------------------------------------------------------------------ pool calls (sync client)
+    async def _pool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def config_for(self, env_name: str) -> EnvConfig:
+        if env_name not in self._configs:
+            self._configs[env_name] = make_config(env_name)
+        return self._configs[env_name]
+
+    # ------------------------------------------------------------------ the loop
+    def stop(self) -> None:
+        """Stop acquiring tasks; `run` returns once the running episodes are done."""
+        self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self, max_episodes: int | None = None, idle_exit_s: float | None = None) -> dict[str, int]:
+        """Acquire and run tasks until `stop()`, until `max_episodes` episodes were started, or
+        until nothing could be acquired for `idle_exit_s` seconds with nothing running. Returns the
+        counters (finished, aborted, failed, lease_lost, …)."""
+        self._stop.clear()
+        slots = asyncio.Semaphore(self.concurrency)
+        started = 0
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set() and (max_episodes is None or started < max_episodes):
+                await slots.acquire()
+                if self._stop.is_set():
+                    slots.release()
+                    break
+                try:
+                    task = await self._pool(self.pool.acquire_task, self.worker_id, timeout=self.poll_s)
+                except Exception as exc:  # Redis hiccup: back off, keep going
+                    slots.release()
+                    self.stats["pool_errors"] += 1
+                    log.warning("worker %s: acquire_task failed: %s", self.worker_id, exc)
+                    await asyncio.sleep(self.poll_s)
+                    continue
+                if task is None:
+                    slots.release()
+                    if not self._running and idle_exit_s is not None:
+                        if time.monotonic() - idle_since >= idle_exit_s:
+                            break
+                    continue
+                idle_since = time.monotonic()
+                started += 1
+                episode = asyncio.create_task(self.run_task(task), name=f"episode-{task.id}")
+                self._running[task.id] = episode
+                episode.add_done_callback(
+                    lambda _t, tid=task.id: (self._running.pop(tid, None), slots.release())
+                )
+            if self._running:
+                await asyncio.gather(*self._running.values(), return_exceptions=True)
+        finally:
+            for episode in list(self._running.values()):
+                episode.cancel()
+            if self._running:
+                await asyncio.gather(*self._running.values(), return_exceptions=True)
+        return dict(self.stats)
+
+    # ------------------------------------------------------------------ one task
+    async def run_task(self, task: Task) -> str:
+        """Run one acquired task to its end; returns "finished", "aborted", "failed" or "lease_lost"."""
+        try:
+            result = await self._run_task(task)
+        except asyncio.CancelledError:
+            # the worker is shutting down: give the task back so another worker retries it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._abort(task, "worker stopped mid-episode"))
+            raise
+        except Exception as exc:  # the pool itself failed; the lease will expire and the task retry
+            log.warning("worker %s: could not settle %s with the pool: %s", self.worker_id, task.id, exc)
+            result = "pool_errors"
+        self.stats[result] += 1
+        return result
+
+    async def _run_task(self, task: Task) -> str:
+        try:
+            spec = get_env(task.env)
+        except KeyError as exc:
+            return await self._fail(task, str(exc))
+        beat = asyncio.create_task(self._heartbeat(task))
+        episode = asyncio.create_task(self._episode(task, spec))
+        try:
+            done, _ = await asyncio.wait({beat, episode}, return_when=asyncio.FIRST_COMPLETED)
+            if beat in done and not episode.done():  # the lease is gone: stop working on it
+                episode.cancel()
+                with contextlib.suppress(BaseException):
+                    await episode
+                return "lease_lost"
+            outcome = episode.result()
+        except (EpisodeError, SessionError) as exc:
+            return await self._abort(task, str(exc))
+        except Exception as exc:  # a bug or an unexpected failure: still never lose the task
+            log.exception("worker %s: episode %s crashed", self.worker_id, task.id)
+            return await self._abort(task, f"worker error: {type(exc).__name__}: {exc}")
+        finally:
+            for child in (beat, episode):
+                if not child.done():
+                    child.cancel()
+                    with contextlib.suppress(BaseException):
+                        await child
+        return await self._submit(task, outcome)
+
+    async def _episode(self, task: Task, spec: Any) -> EpisodeOutcome:
+        config = self.config_for(task.env)
+        try:
+            env = spec.env_class(config, task)
+        except Exception as exc:
+            raise EpisodeError(f"building {task.env} env failed: {type(exc).__name__}: {exc}") from exc
+        base_url = await self._open_session(task)
+        try:
+            return await asyncio.wait_for(
+                run_episode(env, base_url, self.api_key, self.model), config.episode_timeout_s
+            )
+        except TimeoutError:
+            raise EpisodeError(f"episode timed out after {config.episode_timeout_s:g}s") from None
+
+    async def _heartbeat(self, task: Task) -> None:
+        """Extend the lease while the episode runs; returns when the lease is lost."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self._pool(self.pool.heartbeat, task.id, attempt=task.attempt)
+            except (StaleTaskError, UnknownTaskError):
+                log.warning("worker %s: lost the lease of %s", self.worker_id, task.id)
+                return
+            except Exception as exc:  # Redis hiccup: try again next beat
+                log.warning("worker %s: heartbeat of %s failed: %s", self.worker_id, task.id, exc)
+
+    async def _open_session(self, task: Task) -> str:
+        try:
+            async with httpx.AsyncClient(timeout=30.0) as http:
+                resp = await http.post(f"{self.gateway_url}/sessions", json={"task_id": task.id})
+        except httpx.HTTPError as exc:
+            raise SessionError(f"gateway unreachable at {self.gateway_url}: {exc}") from exc
+        if resp.status_code >= 300:
+            raise SessionError(
+                f"gateway refused a session for {task.id}: {resp.status_code} {resp.text[:300]}"
+            )
+        base_url = str(resp.json().get("base_url", ""))
+        if not base_url:
+            raise SessionError(f"gateway returned no base_url for {task.id}: {resp.text[:300]}")
+        return str(httpx.URL(self.gateway_url + "/").join(base_url))
+
+    async def _submit(self, task: Task, outcome: EpisodeOutcome) -> str:
+        try:
+            info = await self._pool(self.pool.task_status, task.id)
+            if info.n_samples == 0:
+                return await self._abort(task, "episode made no model calls")
+            if outcome.calls >= 0 and info.n_samples != outcome.calls:
+                return await self._abort(
+                    task, f"{outcome.calls} model calls but {info.n_samples} samples recorded"
+                )
+            await self._pool(
+                self.pool.set_reward,
+                task.id,
+                outcome.reward,
+                outcome.step_rewards or None,
+                outcome.metrics,
+                attempt=task.attempt,
+            )
+            await self._pool(self.pool.finish, task.id, attempt=task.attempt)
+        except StaleTaskError as exc:
+            log.warning("worker %s: %s was taken from us before finishing: %s", self.worker_id, task.id, exc)
+            return "lease_lost"
+        except ValueError as exc:  # e.g. step rewards not aligned with the recorded samples
+            return await self._abort(task, f"pool refused the episode: {exc}")
+        return "finished"
+
+    async def _abort(self, task: Task, reason: str) -> str:
+        log.info("worker %s: aborting %s (attempt %d): %s", self.worker_id, task.id, task.attempt, reason)
+        try:
+            status = await self._pool(self.pool.abort, task.id, reason, attempt=task.attempt)
+        except StaleTaskError:
+            return "lease_lost"
+        return "failed" if str(status) == "failed" else "aborted"
+
+    async def _fail(self, task: Task, reason: str) -> str:
+        log.warning("worker %s: failing %s: %s", self.worker_id, task.id, reason)
+        try:
+            await self._pool(self.pool.fail, task.id, reason)
+        except StaleTaskError:
+            return "lease_lost"
+        return "failed"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
