@@ -109,6 +109,8 @@ class EngineCore:
     # ---- scheduler thread -----------------------------------------------------------------
     def _run(self) -> None:
         try:
+            if self.runner.device.type == "cuda":
+                torch.cuda.set_device(self.runner.device)
             with torch.inference_mode():
                 while self._step():
                     pass

@@ -141,6 +141,8 @@ def bind(model: torch.nn.Module, kv: SlotKV) -> None:
     for mod in attention_modules(model):
         mod.forge_kv = kv
     model.set_attn_implementation(ATTN_NAME)
+    if model.config._attn_implementation != ATTN_NAME:
+        raise RuntimeError(f"could not route {type(model).__name__}'s attention through {ATTN_NAME}")
 
 
 def decode_mask(positions: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:

@@ -154,7 +154,11 @@ def serve_core(
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            runner = web.AppRunner(build_app(core, info), handler_cancellation=True, access_log=None)
+            app = build_app(core, info)
+            try:  # cancel a handler whose client went away (frees its slot); aiohttp >= 3.9
+                runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+            except TypeError:
+                runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, host, port)
             loop.run_until_complete(site.start())

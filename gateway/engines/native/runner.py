@@ -136,7 +136,7 @@ class ModelRunner:
                 self._decode_forward(batch, length)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 logits = self._decode_forward(batch, length)
             if self._pool is None:
                 self._pool = graph.pool()

@@ -22,9 +22,15 @@ from gateway.engines.native.request import BadRequest, parse_generate, sglang_fi
 
 log = logging.getLogger("forge.engine")
 
-CORE: web.AppKey[EngineCore] = web.AppKey("core", EngineCore)
-INFO: web.AppKey[dict] = web.AppKey("info", dict)
-GROUPS: web.AppKey[dict] = web.AppKey("groups", dict)
+
+def _key(name: str, kind: type) -> Any:
+    """An aiohttp AppKey (3.9+), or a plain string key on older aiohttp."""
+    return web.AppKey(name, kind) if hasattr(web, "AppKey") else name
+
+
+CORE = _key("core", EngineCore)
+INFO = _key("info", dict)
+GROUPS = _key("groups", dict)
 
 
 def error(status: int, message: str) -> web.Response:
