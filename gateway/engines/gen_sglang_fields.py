@@ -10,7 +10,9 @@ installed or imported) and read with `ast`:
 - `sglang/srt/sampling/sampling_params.py`: SamplingParams (what `sampling_params` becomes);
 - `sglang/api/v1/api_types.py`: the generated JSON contract that `/generate` checks bodies
   against (its SamplingParams *rejects* unknown keys);
-- `sglang/srt/entrypoints/http_server.py`: the routes, their methods and body types.
+- `sglang/srt/entrypoints/http_server.py`: the routes, their methods and body types;
+- `sglang/srt/arg_groups/field_order.py`: the ServerArgs fields, whose CLI flags
+  (`--model-path`, ...) `python -m sglang.launch_server` takes (the launcher's contract).
 
     python -m gateway.engines.gen_sglang_fields --version 0.5.23 [--wheel PATH] [--out PATH]
 """
@@ -36,6 +38,7 @@ SAMPLING = "sglang/srt/sampling/sampling_params.py"
 API_TYPES = "sglang/api/v1/api_types.py"
 HTTP_SERVER = "sglang/srt/entrypoints/http_server.py"
 WATERMARK = "sglang/srt/sampling/watermarking/core.py"
+FIELD_ORDER = "sglang/srt/arg_groups/field_order.py"
 
 # Request types our client can send, and the routes it uses.
 IO_CLASSES = [
@@ -145,7 +148,7 @@ def build(files: dict[str, str], version: str, source: dict[str, Any]) -> dict[s
         "sglang_version": version,
         "source": source,
         "generated_by": "python -m gateway.engines.gen_sglang_fields",
-        "files": [IO_STRUCT, SAMPLING, API_TYPES, HTTP_SERVER],
+        "files": [IO_STRUCT, SAMPLING, API_TYPES, HTTP_SERVER, FIELD_ORDER],
         "dataclasses": dataclasses,
         "sampling_params_internal_fields": sorted(SAMPLING_INTERNAL & set(sampling_all)),
         "json_contract": contract,
@@ -154,7 +157,19 @@ def build(files: dict[str, str], version: str, source: dict[str, Any]) -> dict[s
             "SamplingParams.watermark": "WatermarkRequestConfig",
         },
         "routes": _routes(ast.parse(files[HTTP_SERVER])),
+        "server_flags": _server_flags(files[FIELD_ORDER]),
     }
+
+
+def _server_flags(source: str) -> list[str]:
+    """`--flag` names of ServerArgs (field model_path → --model-path), from the field-order tuple."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
+            names = [
+                e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            ]
+            return sorted("--" + n.replace("_", "-") for n in names if not n.startswith("_"))
+    raise ValueError("no field tuple in field_order.py")
 
 
 def download_wheel(version: str, dest: Path) -> Path:
@@ -178,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             names = set(zf.namelist())
             files = {
                 p: zf.read(p).decode()
-                for p in (IO_STRUCT, SAMPLING, API_TYPES, HTTP_SERVER, WATERMARK)
+                for p in (IO_STRUCT, SAMPLING, API_TYPES, HTTP_SERVER, WATERMARK, FIELD_ORDER)
                 if p in names
             }
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
