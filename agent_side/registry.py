@@ -13,6 +13,8 @@ ConfigStore (`store_hydra_configs()`, group "env") and hand the resolved mapping
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,29 @@ def make_config(name: str, overrides: Mapping[str, Any] | EnvConfig | None = Non
     if unknown:
         raise ValueError(f"environment {name!r} has no config fields {unknown}; it has {sorted(fields)}")
     return spec.config_class(**values)
+
+
+def load_env_modules(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import modules that register environments, so a worker process (a Ray actor) knows them:
+    dotted module names ("my_pkg.envs") or paths to .py files."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    for module in modules:
+        if module.endswith(".py"):
+            path = Path(module).resolve()
+            name = f"forge_env_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load environment module {module!r}")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+        else:
+            importlib.import_module(module)
 
 
 def store_hydra_configs(group: str = "env", store: Callable[..., Any] | None = None) -> list[str]:

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from agent_side.env import EnvConfig
-from agent_side.registry import get_env, make_config
+from agent_side.registry import get_env, load_env_modules, make_config
 from agent_side.runner import EpisodeError, EpisodeOutcome, run_episode
 from data_pool.errors import StaleTaskError, UnknownTaskError
 from forge.types import Task
@@ -65,10 +65,13 @@ class EnvWorker:
         api_key: str = "forge",
         poll_s: float = 0.5,
         heartbeat_s: float | None = None,
+        env_modules: list[str] | tuple[str, ...] = (),
     ) -> None:
         """`pool`: a `data_pool.DataPool`. `env_configs`: per environment name, config overrides
         (a mapping, e.g. a resolved Hydra node, or an EnvConfig). `heartbeat_s` defaults to a third
-        of the pool's lease timeout."""
+        of the pool's lease timeout. `env_modules`: modules (or .py files) that register extra
+        environments, imported first (a Ray actor does not share the driver's registry)."""
+        load_env_modules(env_modules)
         self.pool = pool
         self.gateway_url = gateway_url.rstrip("/")
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
