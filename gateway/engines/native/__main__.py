@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-running-requests", type=int, default=64)
     p.add_argument("--context-length", type=int, default=None)
     p.add_argument("--max-prefill-tokens", type=int, default=None)
+    p.add_argument(
+        "--kv-cache-gb", type=float, default=None, help="KV cache budget (default: 2 on CPU, half free GPU)"
+    )
     p.add_argument("--disable-cuda-graph", action="store_true")
     p.add_argument("--weight-version", default="0")
     p.add_argument("--seed", type=int, default=0)
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cuda_graph=not args.disable_cuda_graph,
         weight_version=args.weight_version,
         max_prefill_tokens=args.max_prefill_tokens,
+        kv_cache_gb=args.kv_cache_gb,
         seed=args.seed,
     )
     core, info = build_core(cfg)

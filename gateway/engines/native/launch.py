@@ -34,6 +34,7 @@ class EngineConfig:
     cuda_graph: bool = True
     weight_version: str = "0"
     max_prefill_tokens: int | None = None
+    kv_cache_gb: float | None = None  # default: 2 GiB on CPU, half the free GPU memory on CUDA
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -87,11 +88,13 @@ def build_core(
         p.requires_grad_(False)
     max_pos = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
     context = cfg.context_length or min(max_pos, 4096)
-    on_cuda = next(model.parameters()).device.type == "cuda"
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    max_running = fit_slots(model, cfg.max_running_requests, context, kv_budget(cfg, device))
     core = EngineCore(
         model,
         tokenizer,
-        max_running=cfg.max_running_requests,
+        max_running=max_running,
         context_length=context,
         use_cuda_graph=cfg.cuda_graph,
         eos_token_ids=eos_ids(model, tokenizer),
@@ -109,6 +112,37 @@ def build_core(
         "engine": "forge-native",
     }
     return core, info
+
+
+def kv_bytes_per_slot(model: Any, context: int) -> int:
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    itemsize = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * context * itemsize
+
+
+def kv_budget(cfg: EngineConfig, device: torch.device) -> int:
+    if cfg.kv_cache_gb is not None:
+        return int(cfg.kv_cache_gb * (1 << 30))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 2 << 30
+
+
+def fit_slots(model: Any, wanted: int, context: int, budget: int) -> int:
+    """The number of KV slots (≤ wanted) whose cache fits in `budget` bytes."""
+    per_slot = kv_bytes_per_slot(model, context)
+    slots = min(wanted, budget // per_slot)
+    if slots < 1:
+        raise ValueError(
+            f"one sequence of {context} tokens needs {per_slot / 2**30:.2f} GiB of KV cache, over the "
+            f"{budget / 2**30:.2f} GiB budget: lower --context-length or raise --kv-cache-gb"
+        )
+    if slots < wanted:
+        log.warning("KV cache budget fits %d of %d requested slots (context %d)", slots, wanted, context)
+    return int(slots)
 
 
 @dataclass

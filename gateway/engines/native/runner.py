@@ -81,8 +81,11 @@ class ModelRunner:
 
     # ---- inputs -------------------------------------------------------------------------
     def _upload(self, rows: RowInputs, n: int, pad_to: int) -> RowParams:
+        """Write rows [0, n) of the pinned host buffers (rows [n, pad_to) zeroed: padding rows of a
+        graph bucket then write into position 0 of free slots) and copy both buffers whole to the
+        device: two small contiguous async copies, ordered before the forward on the stream."""
         hi, hf = self._host_i, self._host_f
-        hi[:, :pad_to].zero_()
+        hi[:, n:pad_to] = 0
         hi[0, :n] = torch.tensor(rows.tokens, dtype=torch.int64) if rows.tokens else 0
         hi[1, :n] = torch.tensor(rows.positions, dtype=torch.int64)
         hi[2, :n] = torch.tensor(rows.top_k, dtype=torch.int64)
@@ -90,8 +93,8 @@ class ModelRunner:
         hf[0, :n] = torch.tensor(rows.temperature, dtype=torch.float32)
         hf[1, :n] = torch.tensor([p if p < 1.0 else 2.0 for p in rows.top_p], dtype=torch.float32)
         hf[2, :n] = torch.tensor(rows.min_p, dtype=torch.float32)
-        self._dev_i[:, :pad_to].copy_(hi[:, :pad_to], non_blocking=True)
-        self._dev_f[:, :pad_to].copy_(hf[:, :pad_to], non_blocking=True)
+        self._dev_i.copy_(hi, non_blocking=True)
+        self._dev_f.copy_(hf, non_blocking=True)
         sampled = [t > 1e-5 for t in rows.temperature]
         filt = any(
             s and (p < 1.0 or k < self.vocab_size or m > 0.0)
