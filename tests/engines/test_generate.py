@@ -202,3 +202,23 @@ def test_pause_and_continue(engine, greedy):
     assert aborted.finish_reason == "abort" and aborted.completion_tokens < 240
     client.continue_generation()
     assert client.generate(PROMPTS[0], {"max_new_tokens": 3, "temperature": 0.0}).completion_tokens >= 1
+
+
+def test_graph_shapes_on_cpu(model_dir, greedy):
+    """The CUDA-graph path's padded shapes (batch and key-length buckets, padding rows writing into
+    free slots), run eagerly: concurrent greedy outputs still equal model.generate's."""
+    from gateway.engines.native import start_engine_in_thread
+
+    with start_engine_in_thread(
+        str(model_dir), device="cpu", max_running_requests=7, context_length=200, pad_to_buckets=True
+    ) as eng:
+        assert eng.core.runner.batch_buckets == [1, 2, 4, 7]
+        jobs = [(p, n) for p, n in zip(PROMPTS + [[9, 8]] * 3, [70, 9, 33, 5, 41, 12, 66], strict=True)]
+
+        async def run():
+            async with EngineClient(eng.url) as c:
+                sp = {"temperature": 0.0, "ignore_eos": True}
+                return await asyncio.gather(*(c.generate(p, {**sp, "max_new_tokens": n}) for p, n in jobs))
+
+        for (p, n), res in zip(jobs, asyncio.run(run()), strict=True):
+            assert res.output_ids == greedy(p, n)

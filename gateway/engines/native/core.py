@@ -42,8 +42,9 @@ class EngineCore:
         eos_token_ids: set[int],
         weight_version: str = "0",
         max_prefill_tokens: int = 8192,
+        pad_to_buckets: bool | None = None,
     ) -> None:
-        self.runner = ModelRunner(model, max_running, context_length, use_cuda_graph)
+        self.runner = ModelRunner(model, max_running, context_length, use_cuda_graph, pad_to_buckets)
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = set(eos_token_ids)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class EngineConfig:
     max_prefill_tokens: int | None = None
     kv_cache_gb: float | None = None  # default: 2 GiB on CPU, half the free GPU memory on CUDA
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    pad_to_buckets: bool | None = None  # None: as CUDA graphs; True on CPU runs graph shapes eagerly
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
@@ -100,6 +100,7 @@ def build_core(
         eos_token_ids=eos_ids(model, tokenizer),
         weight_version=cfg.weight_version,
         max_prefill_tokens=cfg.max_prefill_tokens or (16384 if on_cuda else 2048),
+        pad_to_buckets=cfg.pad_to_buckets,
     )
     info = {
         "model_path": path,

@@ -48,6 +48,7 @@ class ModelRunner:
         max_running: int,
         context_length: int,
         use_cuda_graph: bool,
+        pad_to_buckets: bool | None = None,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -67,6 +68,8 @@ class ModelRunner:
         )
         kvmod.bind(model, self.kv)
         self.use_cuda_graph = bool(use_cuda_graph and self.device.type == "cuda")
+        # Graphs run padded shapes; `pad_to_buckets` runs the same padded shapes eagerly (tests on CPU).
+        self.pad_to_buckets = self.use_cuda_graph if pad_to_buckets is None else bool(pad_to_buckets)
         pin = self.device.type == "cuda"
         # int64 inputs: tokens, positions, top_k, seeds; float32: temperature, top_p, min_p
         self._host_i = torch.zeros(4, max_running, dtype=torch.int64, pin_memory=pin)
@@ -153,11 +156,12 @@ class ModelRunner:
         """One token for each of the first n slots (n = len(rows.positions))."""
         n = len(rows.positions)
         need = max(rows.positions) + 1
-        if self.use_cuda_graph:
+        if self.pad_to_buckets:
             batch = self.batch_buckets[bisect.bisect_left(self.batch_buckets, n)]
             length = self.length_buckets[bisect.bisect_left(self.length_buckets, need)]
             params = self._upload(rows, n, batch)
-            logits = self._graph_logits(batch, length)[:n]
+            run = self._graph_logits if self.use_cuda_graph else self._decode_forward
+            logits = run(batch, length)[:n]
         else:
             params = self._upload(rows, n, n)
             logits = self._decode_forward(n, need)
