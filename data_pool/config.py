@@ -18,8 +18,12 @@ class PoolConfig:
     W = 1 and `mode="greedy"` W = ∞, whatever `window` says.
 
     max_in_flight: N, the bound on tasks that are generating or finished-but-not-yet-consumed
-    (statuses `running` + `done`). Producers never acquire beyond it; the trainer consuming a batch
-    frees slots. With it, the off-policy lag of a trained task is at most N + W − 1 tasks.
+    (statuses `running` + `done`). Producers never start a new group beyond it; the trainer
+    consuming a batch frees slots. The bound admits whole groups: once one member of a group was
+    acquired, its other members (and retries) may be acquired beyond it, so a group larger than
+    the free slots cannot deadlock (in flight ≤ N + group_size − 1). A nacked or recovered batch
+    is done again and counts, so in flight may briefly exceed N; producers then wait.
+    With it, the off-policy lag of a trained task is at most N + W − 1 tasks (+ group_size − 1).
 
     group_failure: what a group does when a member ends `failed` (attempts exhausted, malformed
     record) or is dropped as too stale: "drop" drops the whole group (no member is trained);
