@@ -222,3 +222,24 @@ def test_graph_shapes_on_cpu(model_dir, greedy):
 
         for (p, n), res in zip(jobs, asyncio.run(run()), strict=True):
             assert res.output_ids == greedy(p, n)
+
+
+def test_client_disconnect_frees_the_slot(engine):
+    async def run():
+        async with EngineClient(engine.url) as c:
+            task = asyncio.create_task(
+                c.generate(PROMPTS[0], {"max_new_tokens": 240, "temperature": 0.0, "ignore_eos": True})
+            )
+            while engine.core.load()["running"] == 0:
+                await asyncio.sleep(0.005)
+            steps = engine.core.steps
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        deadline = time.monotonic() + 10
+        while engine.core.load()["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        return engine.core.load()["running"], engine.core.steps - steps
+
+    running, steps_after_cancel = asyncio.run(run())
+    assert running == 0
+    assert steps_after_cancel < 100, "the request was aborted, not run to its 240 tokens"
