@@ -432,9 +432,12 @@ def _reconnect(cfg: PoolConfig) -> DataPool:
 
 
 def _client(url: str, cfg: PoolConfig, retries: int) -> redis.Redis:
-    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
+    if retries:  # in operation: scripts over many keys may take a while
+        retry, timeout = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries), 30.0
+    else:  # the probe: a server that accepts but never answers must not hang us
+        retry, timeout = Retry(NoBackoff(), 0), cfg.connect_timeout_s
     return redis.Redis.from_url(
-        url, socket_connect_timeout=cfg.connect_timeout_s, socket_timeout=30, retry=retry
+        url, socket_connect_timeout=cfg.connect_timeout_s, socket_timeout=timeout, retry=retry
     )
 
 
@@ -453,14 +456,20 @@ def connect(cfg: PoolConfig | None = None) -> DataPool:
         raise RedisUnavailable(f"bad Redis URL {redact(url)!r}: {exc}") from exc
     try:
         probe.ping()
+    except (redis.ResponseError, redis.AuthenticationError) as exc:  # e.g. wrong password
+        if server is not None:
+            server.stop()
+        raise RedisUnavailable(f"Redis at {redact(url)} refused the connection: {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         if server is not None:
             server.stop()
         raise RedisUnavailable(
             f"cannot reach Redis at {redact(url)} (within {cfg.connect_timeout_s:g}s): {exc}"
         ) from exc
-    except redis.ResponseError as exc:  # e.g. wrong password
-        raise RedisUnavailable(f"Redis at {redact(url)} refused the connection: {exc}") from exc
+    except redis.RedisError as exc:  # e.g. something else listens there
+        if server is not None:
+            server.stop()
+        raise RedisUnavailable(f"{redact(url)} does not answer like a Redis server: {exc}") from exc
     finally:
         probe.close()
     return DataPool(_client(url, cfg, retries=2), cfg, url, server)
