@@ -128,6 +128,9 @@ def main(argv: list[str]) -> int:
         "tflops": round(flops / step_s / 1e12, 2),
         "mfu": None if peak is None else round(flops / step_s / peak, 4),
         "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "fwd_bwd_s": round(m["time_forward_backward_s"], 4),
+        "optimizer_s": round(m["time_optimizer_s"], 4),
+        "prepare_s": round(m["time_prepare_s"], 4),
     }
     print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return 0

@@ -26,6 +26,8 @@ from trainer.batch import MicroBatch, build_samples, make_microbatches
 from trainer.config import AlgoConfig
 from trainer.step import forward_backward
 
+COMPILE = False  # set by --compile: decoder layers and the LM-head chunks under torch.compile
+
 
 def agent_episodes(
     rng: np.random.Generator,
@@ -62,7 +64,7 @@ def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tup
         torch.cuda.reset_peak_memory_stats()
     _sync(device)
     start = time.perf_counter()
-    forward_backward(model, mbs, AlgoConfig(), kernel)
+    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE)
     _sync(device)
     ms = (time.perf_counter() - start) * 1e3
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
@@ -71,7 +73,7 @@ def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tup
 
 def _grads(model, mbs: list[MicroBatch], kernel: str) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    forward_backward(model, mbs, AlgoConfig(), kernel)
+    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE)
     return {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -146,6 +148,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--flat-cap", type=int, default=2_000_000, help="flat tokens timed before extrapolating")
     p.add_argument("--grad-episodes", type=int, default=2)
     p.add_argument("--no-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile decoder layers and LM-head chunks")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -171,6 +174,11 @@ def main(argv: list[str]) -> int:
             getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         )
         enable({"use_reentrant": False})
+    if args.compile:
+        global COMPILE
+        COMPILE = True
+        for layer in model.get_decoder().layers:
+            layer.compile(dynamic=True)
     model.train()
     vocab = model.config.vocab_size
     rows = []
@@ -179,7 +187,7 @@ def main(argv: list[str]) -> int:
         rows.append(row)
         print(json.dumps(row) if args.json else _fmt(row), flush=True)
     if not args.json:
-        print(f"model={args.model} dtype={args.dtype or dtype} device={args.device} kernel={kernel}")
+        print(f"model={args.model} dtype={dtype} device={args.device} kernel={kernel} compile={args.compile}")
     return 0
 
 

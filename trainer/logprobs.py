@@ -35,8 +35,24 @@ def _chunk_logprobs(
     return logp, entropy
 
 
+_compiled_chunk = None
+
+
+def compiled_chunk_logprobs():
+    """`_chunk_logprobs` under torch.compile: one fused pass for upcast, logsumexp, gather, entropy."""
+    global _compiled_chunk
+    if _compiled_chunk is None:
+        _compiled_chunk = torch.compile(_chunk_logprobs, dynamic=True)
+    return _compiled_chunk
+
+
 def completion_logprobs(
-    model: torch.nn.Module, mb: MicroBatch, backend: str, fp32_head: bool = False, chunk: int = 1024
+    model: torch.nn.Module,
+    mb: MicroBatch,
+    backend: str,
+    fp32_head: bool = False,
+    chunk: int = 1024,
+    compiled_head: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π [M], entropy [M]) for every completion token of the micro-batch."""
     device = next(model.parameters()).device
@@ -57,13 +73,14 @@ def completion_logprobs(
     rows = hidden.index_select(0, mb.pred_rows.to(device))
     head = model.get_output_embeddings()
     targets = mb.targets.to(device)
+    fn = compiled_chunk_logprobs() if compiled_head else _chunk_logprobs
     logps, ents = [], []
     for start in range(0, rows.shape[0], chunk):
         sl = slice(start, start + chunk)
         if torch.is_grad_enabled():
-            lp, ent = checkpoint(_chunk_logprobs, rows[sl], head, targets[sl], fp32_head, use_reentrant=False)
+            lp, ent = checkpoint(fn, rows[sl], head, targets[sl], fp32_head, use_reentrant=False)
         else:
-            lp, ent = _chunk_logprobs(rows[sl], head, targets[sl], fp32_head)
+            lp, ent = fn(rows[sl], head, targets[sl], fp32_head)
         logps.append(lp)
         ents.append(ent)
     return torch.cat(logps), torch.cat(ents)

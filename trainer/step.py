@@ -25,6 +25,7 @@ def forward_backward(
     backward: Callable[[torch.Tensor], None] | None = None,
     fp32_head: bool = False,
     chunk: int = 1024,
+    compiled_head: bool = False,
 ) -> dict[str, float]:
     backward = backward or (lambda loss: loss.backward())
     device = next(model.parameters()).device
@@ -34,7 +35,7 @@ def forward_backward(
     mins: dict[str, torch.Tensor] = {}
     n_tok = tree_tokens = flat_tokens = 0
     for mb in microbatches:
-        logp, entropy = completion_logprobs(model, mb, backend, fp32_head, chunk)
+        logp, entropy = completion_logprobs(model, mb, backend, fp32_head, chunk, compiled_head)
         out = policy_loss(
             algo,
             logp,
