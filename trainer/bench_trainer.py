@@ -1,10 +1,8 @@
 """`forge bench trainer`: tokens/s and MFU of full DeepSpeed train steps (fwd + bwd + optimizer).
 
 The batch holds --samples samples of --prompt + --completion tokens (no shared prefixes by
-default, so computed tokens = flat tokens and MFU is the usual one). Model FLOPs per step:
-6·N_body·T (decoder weights, T computed tokens) + 6·V·H·M (LM head on the M completion rows)
-+ 12·L·heads·head_dim·P (attention, P = visible (query, key) pairs, exact from the tree).
-Activation-checkpoint recompute is not counted (model FLOPs, not hardware FLOPs).
+default, so computed tokens = flat tokens and MFU is the usual one). Model FLOPs per step are
+counted by trainer.flops (recompute not counted: model FLOPs, not hardware FLOPs).
 MFU divides by the device's dense bf16 peak: 989 TFLOP/s for H100/H200 SXM, or --peak-tflops.
 """
 
@@ -18,20 +16,9 @@ import numpy as np
 import torch
 
 from trainer.config import AlgoConfig, TrainerConfig
+from trainer.flops import body_params, model_flops
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def model_flops(model, mbs) -> float:
-    cfg = model.config
-    n_embed = cfg.vocab_size * cfg.hidden_size
-    n_body = sum(p.numel() for p in model.get_decoder().parameters()) - n_embed
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    tokens = sum(mb.packed.num_tokens for mb in mbs)
-    rows = sum(mb.targets.numel() for mb in mbs)
-    pairs = sum(int((mb.packed.position_ids + 1).sum()) for mb in mbs)
-    attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * pairs
-    return 6 * n_body * tokens + 6 * n_embed * rows + attn
 
 
 def peak_flops(device: str, override: float | None) -> float | None:
@@ -100,7 +87,7 @@ def main(argv: list[str]) -> int:
     mbs = make_microbatches(
         build_samples(episodes, group_relative(episodes), "token")[0], args.budget, trainer.merge
     )
-    flops = model_flops(trainer.model, mbs)
+    flops = model_flops(trainer.model.config, body_params(trainer.model), mbs)
     peak = peak_flops(args.device, args.peak_tflops)
     for _ in range(args.warmup):
         trainer.train_step(episodes)

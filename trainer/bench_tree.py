@@ -24,6 +24,7 @@ from forge.types import Episode, Sample, Task
 from trainer.advantages import group_relative
 from trainer.batch import MicroBatch, build_samples, make_microbatches
 from trainer.config import AlgoConfig
+from trainer.flops import body_params, model_flops
 from trainer.step import forward_backward
 
 COMPILE = False  # set by --compile: decoder layers and the LM-head chunks under torch.compile
@@ -93,6 +94,8 @@ def bench_config(model, args, calls: int, kernel: str, device: torch.device, voc
     budget = max(args.budget, -(-longest // 1024) * 1024)
     tree = make_microbatches(samples, budget, merge=True)
     flat = make_microbatches(samples, budget, merge=False)
+    n_body = body_params(model)
+    flop_ratio = model_flops(model.config, n_body, flat) / model_flops(model.config, n_body, tree)
     flat_tokens = sum(mb.packed.num_tokens for mb in flat)
     tree_tokens = sum(mb.packed.num_tokens for mb in tree)
 
@@ -125,6 +128,8 @@ def bench_config(model, args, calls: int, kernel: str, device: torch.device, voc
         "flat_ms": round(flat_ms, 1),
         "tree_ms": round(tree_ms, 1),
         "speedup": round(flat_ms / tree_ms, 3),
+        # the work actually saved: long-context tokens are shared least, so flop_ratio < token_ratio
+        "flop_ratio": round(flop_ratio, 3),
         "max_rel_grad_err": float(f"{err:.3g}"),
         "flat_peak_mb": None if flat_peak is None else round(flat_peak),
         "tree_peak_mb": None if tree_peak is None else round(tree_peak),
