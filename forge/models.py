@@ -207,6 +207,14 @@ def resolve_model(name: str) -> Path:
     )
 
 
+def materialize(name: str, seed: int = 0) -> str:
+    """A directory every tier can load: random-weight names are saved once (with SmolLM2's
+    tokenizer, vocabulary resized to it, so the gateway can render and parse their output)."""
+    if name == "qwen3_0p6b_random":
+        return str(tiny_model_dir("qwen3", seed=seed, **{**QWEN3_0P6B, "vocab_size": None}))
+    return str(resolve_model(name))
+
+
 def build_model(name: str, dtype: Any = None, device: str = "cpu", seed: int = 0):
     """Instantiate a model by name; `qwen3_0p6b_random` is built in memory with random weights."""
     import torch

@@ -205,3 +205,37 @@ def _push_bucket(
     if errors:
         raise RuntimeError(f"weight update failed: {errors}")
     return sent
+
+
+def push_weights_via_disk(
+    urls: Sequence[str],
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    weight_version: int | str,
+    directory: str,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """The fallback path: write one safetensors file, then POST /update_weights_from_disk to each engine.
+
+    Only the newest version is kept on disk (older `v*` directories are removed)."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from gateway.engines.client import SyncEngineClient
+
+    root = Path(directory)
+    target = root / f"v{weight_version}"
+    target.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in named_tensors}
+    save_file(tensors, str(target / "model.safetensors"))
+    for url in urls:
+        out = SyncEngineClient(url, timeout=timeout_s).update_weights_from_disk(
+            str(target), weight_version=str(weight_version)
+        )
+        if isinstance(out, dict) and not out.get("success", True):
+            raise RuntimeError(f"{url}: {out.get('message')}")
+    for old in root.glob("v*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return {"bytes": sum(t.numel() * t.element_size() for t in tensors.values()), "path": str(target)}

@@ -37,8 +37,13 @@ class TrainerActor:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, cfg: TrainerConfig, algo: AlgoConfig) -> int:
+    def setup(self, cfg: TrainerConfig, algo: AlgoConfig, torch_threads: int = 0) -> int:
         from trainer.engine import Trainer
+
+        if torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(torch_threads)
 
         self.trainer = Trainer(cfg, algo)
         return self.trainer.rank
@@ -71,13 +76,14 @@ class TrainerGroup:
         world_size: int = 1,
         num_cpus: float = 0,
         num_gpus: float = 0,
+        torch_threads: int = 0,
     ) -> None:
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(TrainerActor)
         probe = remote.remote(0, world_size, "", 0)
         addr, port = ray.get(probe.address.remote())
         ray.kill(probe)
         self.actors = [remote.remote(r, world_size, addr, port) for r in range(world_size)]
-        ray.get([a.setup.remote(cfg, algo) for a in self.actors])
+        ray.get([a.setup.remote(cfg, algo, torch_threads) for a in self.actors])
 
     def train_step(self, episodes: Sequence[Episode]) -> dict[str, float]:
         records = ray.put([encode(e) for e in episodes])
@@ -88,6 +94,9 @@ class TrainerGroup:
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> int:
         return ray.get([a.load_checkpoint.remote(directory, tag) for a in self.actors])[0]
+
+    def sync_weights(self, urls: list[str], version: int, mode: str, directory: str) -> dict[str, Any]:
+        return self.call("sync_weights", urls, version, mode, directory)[0]
 
     def weights_digests(self) -> list[str]:
         return ray.get([a.weights_digest.remote() for a in self.actors])

@@ -66,6 +66,17 @@ def resolve_precision(cfg: TrainerConfig, device: str) -> str:
     return precision
 
 
+def _node_ip() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return "127.0.0.1"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -315,6 +326,44 @@ class Trainer:
                     yield name, p.data.detach().clone()
             else:
                 yield name, p.data.detach()
+
+    def sync_weights(
+        self, urls: Sequence[str], version: int, mode: str = "distributed", directory: str | None = None
+    ) -> dict[str, Any]:
+        """Push the current weights to the inference engines at `urls`, tagged `version`.
+
+        Every rank walks `export_weights()` (ZeRO-3 gathers are collective); rank 0 sends, over a
+        torch.distributed group formed with the engines on first use (gloo on CPU, NCCL on
+        GPU) or, with mode="disk" or when that fails, through a safetensors directory and
+        /update_weights_from_disk.
+        """
+        start = time.perf_counter()
+        named = self.export_weights()
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return {}
+        from forge import weight_sync
+
+        info: dict[str, Any] = {"mode": mode}
+        if mode == "distributed":
+            try:
+                if getattr(self, "_sync_group", None) is None:
+                    backend = "nccl" if self.device == "cuda" else "gloo"
+                    self._sync_group = weight_sync.connect_engines(urls, _node_ip(), free_port(), backend)
+                info.update(weight_sync.push_weights(urls, self._sync_group, named, str(version)))
+            except Exception as exc:
+                # re-exporting alone is only possible when the gather is not collective
+                if directory is None or (self.cfg.zero_stage == 3 and self.world > 1):
+                    raise
+                self._sync_group = None
+                info = {"mode": "disk", "fallback_reason": f"{type(exc).__name__}: {exc}"}
+                named = self.export_weights()
+        if info["mode"] == "disk":
+            if directory is None:
+                raise ValueError("disk weight sync needs a directory")
+            info.update(weight_sync.push_weights_via_disk(urls, named, version, directory))
+        return {**info, "seconds": time.perf_counter() - start}
 
     def weights_digest(self) -> str:
         """A checksum of the full weights (for tests: ranks must agree)."""

@@ -1,0 +1,1 @@
+"""Hydra presets for `forge launch` (the schema is forge.config.ForgeConfig)."""

@@ -1,0 +1,113 @@
+"""The one typed config of a Forge run: dataclasses registered in Hydra's ConfigStore.
+
+`configs/` holds the presets of each group (model, env, algo, engine, pool, scheduler, logger,
+cluster) as YAML; the schema below types them, so a wrong key or a wrong type fails at start
+and names the key: `forge launch trainer.zero_stag=2` → "Key 'zero_stag' not in 'TrainerConfig'".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from data_pool.config import PoolConfig
+from gateway.config import GatewayConfig
+from trainer.config import AlgoConfig, TrainerConfig
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"  # smollm2_135m | tiny | tiny_llama | qwen3_0p6b_random | a local HF dir
+
+
+@dataclass
+class EnvConfig:
+    name: str = "arithmetic"  # a registered environment (agent_side.registry)
+    settings: dict[str, Any] = field(default_factory=dict)  # fields of that env's config dataclass
+    eval_prompts: int = 64  # held-out prompts for accuracy before/after (0 = none)
+    eval_temperature: float = 0.0
+    modules: list[str] = field(default_factory=list)  # modules that register extra environments
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "native"  # native (built-in, SGLang protocol) | sglang
+    num_engines: int = 1
+    urls: list[str] = field(default_factory=list)  # attach to running servers instead of starting
+    device: str = "auto"  # auto | cpu | cuda
+    num_gpus: float = 0.0  # per engine actor (0: share the GPU with the trainer)
+    max_running_requests: int = 64
+    cuda_graph: bool = True
+    torch_threads: int = 1  # CPU: threads for each engine (the trainer keeps the rest)
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 40  # optimizer steps
+    prompts_per_step: int = 8
+    group_size: int = 4  # samples per prompt (group-relative advantages)
+    env_workers: int = 1
+    worker_concurrency: int = 32  # episodes in flight per worker
+    checkpoint_every: int = 10  # steps; also on Ctrl-C and at the end
+    weight_sync: str = "distributed"  # distributed (torch.distributed group) | disk
+    batch_timeout_s: float = 900.0  # waiting for a batch longer than this is an error
+    trainer_world_size: int = 1
+    trainer_num_gpus: float = 0.0  # per rank
+    trainer_torch_threads: int = 0  # 0: leave torch's default
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"  # offline (W&B into the run dir, no key) | online | none
+    project: str = "forge"
+    console: bool = True  # live rich display
+    sample_table_every: int = 10  # steps between W&B tables of sample trajectories
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # None: start a local Ray; "auto": join the running cluster
+    num_cpus: int | None = None
+
+
+@dataclass
+class ForgeConfig:
+    run_dir: str = "runs/default"
+    resume: bool = False
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="forge_schema", node=ForgeConfig)
+
+
+def validate(cfg: ForgeConfig) -> None:
+    """Checks Hydra's typing cannot express; each error names its key."""
+    from agent_side.registry import make_config
+
+    if cfg.engine.kind not in ("native", "sglang"):
+        raise ValueError(f"engine.kind={cfg.engine.kind!r}: expected native or sglang")
+    if cfg.loop.weight_sync not in ("distributed", "disk"):
+        raise ValueError(f"loop.weight_sync={cfg.loop.weight_sync!r}: expected distributed or disk")
+    if cfg.logger.mode not in ("offline", "online", "none"):
+        raise ValueError(f"logger.mode={cfg.logger.mode!r}: expected offline, online or none")
+    for name in ("steps", "prompts_per_step", "group_size", "env_workers", "checkpoint_every"):
+        if getattr(cfg.loop, name) < 1:
+            raise ValueError(f"loop.{name}={getattr(cfg.loop, name)}: must be ≥ 1")
+    try:
+        make_config(cfg.env.name, dict(cfg.env.settings))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"env.settings: {exc}") from exc
+    cfg.pool.validate()

@@ -1,0 +1,190 @@
+"""`forge launch`: the whole RL loop. Reads top to bottom as the algorithm.
+
+    pool ← Redis;  engines ← model;  gateway ← engines + pool;  trainer ← DeepSpeed ranks
+    env workers pull tasks, run agents through the gateway, write episodes to the pool
+    loop:  batch ← windowed-FIFO scheduler
+           metrics ← trainer.train_step(batch)            (advantages → prefix trees → CISPO)
+           weights → every engine (version v+1);  log;  every k steps: checkpoint, then ack
+
+A batch is acknowledged in the pool only once a checkpoint holds the step that trained it, so a
+crash or Ctrl-C loses nothing and trains nothing twice: `forge launch resume=true run_dir=…`
+reloads that checkpoint and the scheduler hands back every batch not yet covered by one.
+Ctrl-C drains (finishes the step in progress), checkpoints and stops every child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from forge.config import ForgeConfig, validate
+
+log = logging.getLogger("forge")
+
+
+@dataclass
+class RunState:
+    """What a checkpoint needs besides the weights (saved as run_dir/state.json)."""
+
+    step: int = 0
+    weight_version: int = 0
+    checkpoint: str = ""
+    accuracy_before: float | None = None
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        path = run_dir / "state.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"resume=true but {path} does not exist: no checkpoint in run_dir={run_dir}"
+            )
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, run_dir: Path) -> None:
+        tmp = run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(run_dir / "state.json")
+
+
+class StopFlag:
+    """First Ctrl-C: finish the step, checkpoint, stop. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nforge: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def run(cfg: ForgeConfig) -> dict[str, Any]:
+    from data_pool import Scheduler
+    from forge.feeder import TaskFeeder, batch_metrics, evaluate_accuracy
+    from forge.models import materialize
+    from forge.monitor import RunMonitor
+    from forge.runtime import Runtime
+
+    validate(cfg)
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState.load(run_dir) if cfg.resume else RunState()
+    stop = StopFlag()
+    monitor = RunMonitor(cfg.logger.mode, cfg.logger.project, run_dir, cfg, cfg.logger.console)
+    summary: dict[str, Any] = {}
+    try:
+        with Runtime(cfg, run_dir) as rt:
+            monitor.phase("starting")
+            rt.start_ray()
+            pool = rt.start_pool()
+            model_dir = materialize(cfg.model.name, cfg.seed)
+            engine_urls = rt.start_engines(model_dir)
+            gateway_url = rt.start_gateway(engine_urls, model_dir, pool)
+            trainer = rt.start_trainer(model_dir)
+            weights_dir = str(run_dir / "weights")
+            if cfg.resume:
+                trainer.load_checkpoint(str(run_dir / "checkpoints"), state.checkpoint)
+                trainer.sync_weights(engine_urls, state.weight_version, cfg.loop.weight_sync, weights_dir)
+            scheduler = Scheduler(pool, consumer_id="trainer")  # recovers un-acked batches of a dead run
+            pool.set_weight_version(state.weight_version)
+            feeder = TaskFeeder(pool, cfg)
+            feeder.top_up()
+            if state.step == 0 and cfg.env.eval_prompts:
+                monitor.phase("eval (before)")
+                state.accuracy_before = evaluate_accuracy(cfg, gateway_url)
+                monitor.print(f"held-out accuracy before training: {state.accuracy_before:.3f}")
+            rt.start_workers(pool, gateway_url)
+
+            unacked: list[Any] = []
+            episodes_per_step = cfg.loop.prompts_per_step * cfg.loop.group_size
+            last = time.perf_counter()
+            while state.step < cfg.loop.steps and not stop.requested:
+                monitor.phase("waiting for episodes")
+                feeder.top_up()
+                batch = scheduler.next_batch(episodes_per_step, timeout=cfg.loop.batch_timeout_s)
+                monitor.phase("training")
+                metrics = trainer.train_step(batch.episodes)
+                unacked.append(batch)
+                sync: dict[str, Any] = {}
+                if metrics["step_applied"]:
+                    monitor.phase("weight sync")
+                    state.weight_version += 1
+                    sync = trainer.sync_weights(
+                        engine_urls, state.weight_version, cfg.loop.weight_sync, weights_dir
+                    )
+                    scheduler.set_weight_version(state.weight_version)
+                state.step += 1
+                now = time.perf_counter()
+                monitor.log(state.step, batch_metrics(batch, metrics, sync, pool.counts(), now - last))
+                monitor.table(state.step, "samples", *feeder.sample_rows(batch, state.step))
+                last = now
+                for b in unacked:
+                    scheduler.touch(b)
+                if state.step % cfg.loop.checkpoint_every == 0:
+                    unacked = checkpoint(trainer, scheduler, unacked, state, run_dir, monitor)
+            unacked = checkpoint(trainer, scheduler, unacked, state, run_dir, monitor)
+            summary = {"steps": state.step, "weight_version": state.weight_version}
+            if cfg.env.eval_prompts and not stop.requested:
+                monitor.phase("eval (after)")
+                summary.update(
+                    accuracy_before=state.accuracy_before, accuracy_after=evaluate_accuracy(cfg, gateway_url)
+                )
+                monitor.print(
+                    f"held-out accuracy: {summary['accuracy_before']:.3f} → {summary['accuracy_after']:.3f}"
+                )
+            monitor.phase("stopping")
+    finally:
+        stop.restore()
+        if summary:
+            monitor.summary(summary)
+        monitor.close()
+    return summary
+
+
+def checkpoint(trainer, scheduler, unacked: list, state: RunState, run_dir: Path, monitor) -> list:
+    """Save weights + optimizer + RunState, then acknowledge every batch the checkpoint covers."""
+    monitor.phase("checkpoint")
+    state.checkpoint = trainer.save_checkpoint(str(run_dir / "checkpoints"), f"step{state.step}")
+    state.save(run_dir)
+    for batch in unacked:
+        scheduler.ack(batch)
+    return []
+
+
+def main(argv: list[str]) -> int:
+    """Hydra entry: `forge launch [overrides…]`, `forge launch -m key=a,b` for sweeps."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    import configs
+    from forge.config import register
+
+    register()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config_dir = str(Path(configs.__file__).parent)
+    results: list[dict[str, Any]] = []
+
+    @hydra.main(version_base=None, config_path=config_dir, config_name="forge")
+    def _app(raw) -> None:
+        cfg: ForgeConfig = OmegaConf.to_object(raw)
+        results.append(run(cfg))
+
+    sys.argv = ["forge launch", *argv]
+    _app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
