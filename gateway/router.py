@@ -1,0 +1,128 @@
+"""Routing model calls across engines: least-loaded, sticky per session (KV/prefix-cache reuse).
+
+A session keeps the engine of its first call while that engine is up and not much busier than the
+least-loaded one (`sticky_slack` requests more); unscoped calls go to the least-loaded engine.
+An engine that fails to answer (connection refused, 5xx) is skipped for `retry_after_s` and the
+call is tried once more on another engine, if one is up; when none is, the caller gets
+`EngineUnavailableError` (the gateway's 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.engines.client import EngineClient, EngineUnavailableError, GenerateResult
+
+
+@dataclass
+class EngineSlot:
+    url: str
+    client: EngineClient
+    in_flight: int = 0
+    down_until: float = 0.0
+    served: int = 0
+    failures: int = 0
+    last_error: str = ""
+
+    def up(self, now: float) -> bool:
+        return now >= self.down_until
+
+
+@dataclass
+class Router:
+    urls: list[str]
+    retry_after_s: float = 2.0
+    sticky_slack: int = 8
+    api_key: str | None = None
+    max_sticky: int = 200_000
+    engines: list[EngineSlot] = field(init=False)
+    _sticky: OrderedDict[str, int] = field(init=False, default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.engines = [EngineSlot(u.rstrip("/"), EngineClient(u, api_key=self.api_key)) for u in self.urls]
+
+    def pick(self, session_id: str | None, exclude: set[int] | None = None) -> int | None:
+        now = time.monotonic()
+        live = [i for i, e in enumerate(self.engines) if e.up(now) and i not in (exclude or set())]
+        if not live:
+            return None
+        best = min(live, key=lambda i: (self.engines[i].in_flight, self.engines[i].served))
+        if session_id is not None:
+            sticky = self._sticky.get(session_id)
+            if (
+                sticky in live
+                and self.engines[sticky].in_flight <= self.engines[best].in_flight + self.sticky_slack
+            ):
+                self._sticky.move_to_end(session_id)
+                return sticky
+            self._sticky[session_id] = best
+            self._sticky.move_to_end(session_id)
+            while len(self._sticky) > self.max_sticky:
+                self._sticky.popitem(last=False)
+        return best
+
+    def forget(self, session_id: str) -> None:
+        self._sticky.pop(session_id, None)
+
+    async def generate(
+        self, session_id: str | None, input_ids: list[int], sampling: dict[str, Any], rid: str
+    ) -> GenerateResult:
+        tried: set[int] = set()
+        last: Exception | None = None
+        for _ in range(2):
+            i = self.pick(session_id, tried)
+            if i is None:
+                break
+            slot = self.engines[i]
+            slot.in_flight += 1
+            try:
+                result = await slot.client.generate(input_ids, sampling, rid=rid, return_logprob=True)
+                slot.served += 1
+                return result
+            except EngineUnavailableError as exc:
+                slot.failures += 1
+                slot.last_error = str(exc)
+                slot.down_until = time.monotonic() + self.retry_after_s
+                tried.add(i)
+                last = exc
+            except asyncio.CancelledError:  # timeout or client gone: stop the engine's work too
+                asyncio.get_running_loop().create_task(self._abort(slot, rid))
+                raise
+            finally:
+                slot.in_flight -= 1
+        if last is not None:
+            raise EngineUnavailableError(f"no inference engine could serve the request: {last}")
+        raise EngineUnavailableError("no inference engine is up (all failed recently)")
+
+    async def _abort(self, slot: EngineSlot, rid: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(slot.client.abort(rid), 5.0)
+
+    async def model_info(self) -> dict[str, Any] | None:
+        for slot in self.engines:
+            with contextlib.suppress(Exception):
+                return await asyncio.wait_for(slot.client.get_model_info(), 10.0)
+        return None
+
+    def load(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {
+                "url": e.url,
+                "in_flight": e.in_flight,
+                "served": e.served,
+                "failures": e.failures,
+                "up": e.up(now),
+                "last_error": e.last_error,
+            }
+            for e in self.engines
+        ]
+
+    async def aclose(self) -> None:
+        for e in self.engines:
+            await e.client.aclose()

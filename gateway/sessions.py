@@ -1,0 +1,154 @@
+"""Gateway sessions: one per agent episode (task attempt), each with its token ledger.
+
+With a data pool, opening a session binds it to the task's current attempt
+(`DataPool.open_session`), every model call is recorded with `append_samples` before the answer
+is returned, and reward / finish go to the pool. Without one (a bare gateway, tests of the API
+alone) samples are kept in memory. Pool calls are blocking Redis calls, run in threads.
+
+A session unused for `idle_timeout_s` is forgotten (its samples stay in the pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from forge.types import Sample
+from gateway.errors import APIError
+from gateway.ledger import Ledger
+from gateway.templates import ChatRenderer
+
+
+@dataclass
+class CallRecord:
+    """What the gateway knows about one recorded call beyond the Sample itself."""
+
+    turn: int
+    prefix_break: bool
+    reused_tokens: int
+    how: str  # fresh | extended | retry
+    note: str = ""
+
+
+@dataclass
+class Session:
+    id: str
+    task_id: str
+    attempt: int
+    ledger: Ledger
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    finished: bool = False
+    turns: int = 0
+    prefix_breaks: int = 0
+    records: list[CallRecord] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # only without a pool
+
+
+def _pool_error(exc: Exception, what: str) -> APIError:
+    from data_pool import PoolError, RedisUnavailable, StaleTaskError, UnknownTaskError
+
+    if isinstance(exc, UnknownTaskError):
+        return APIError(404, f"{what}: {exc}", code="task_not_found")
+    if isinstance(exc, StaleTaskError):
+        return APIError(
+            409, f"{what}: the task is no longer running under this session ({exc})", code="stale"
+        )
+    if isinstance(exc, RedisUnavailable):
+        return APIError(503, f"{what}: the data pool is unreachable ({exc})")
+    if isinstance(exc, ValueError | PoolError):
+        return APIError(400, f"{what}: {exc}")
+    raise exc
+
+
+class SessionStore:
+    def __init__(
+        self, renderer: ChatRenderer, pool: Any = None, max_anchors: int = 16, idle_timeout_s: float = 3600.0
+    ):
+        self.renderer = renderer
+        self.pool = pool
+        self.max_anchors = max_anchors
+        self.idle_timeout_s = idle_timeout_s
+        self.sessions: dict[str, Session] = {}
+        self._last_sweep = time.monotonic()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < min(60.0, self.idle_timeout_s / 4):
+            return
+        self._last_sweep = now
+        for sid in [s.id for s in self.sessions.values() if now - s.last_used > self.idle_timeout_s]:
+            del self.sessions[sid]
+
+    async def open(self, task_id: str, session_id: str | None, metadata: dict[str, Any] | None) -> Session:
+        self._sweep()
+        sid = session_id or f"sess-{secrets.token_hex(12)}"
+        if sid in self.sessions:
+            raise APIError(409, f"session {sid!r} already exists", code="session_exists")
+        attempt = 0
+        if self.pool is not None:
+            try:
+                attempt = await asyncio.to_thread(self.pool.open_session, task_id, sid)
+            except Exception as exc:
+                raise _pool_error(exc, f"cannot open a session for task {task_id!r}") from exc
+        session = Session(sid, task_id, int(attempt), Ledger(self.renderer, self.max_anchors), metadata or {})
+        self.sessions[sid] = session
+        return session
+
+    def get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise APIError(
+                404,
+                f"session {session_id!r} not found (never opened, or forgotten after idling)",
+                code="session_not_found",
+            )
+        session.last_used = time.monotonic()
+        return session
+
+    def usable(self, session_id: str) -> Session:
+        session = self.get(session_id)
+        if session.finished:
+            raise APIError(409, f"session {session_id!r} is finished", code="session_finished")
+        return session
+
+    async def record(self, session: Session, samples: list[Sample]) -> None:
+        if self.pool is None:
+            session.samples.extend(samples)
+            return
+        try:
+            await asyncio.to_thread(self.pool.append_samples, samples)
+        except Exception as exc:
+            raise _pool_error(exc, f"cannot record the call in session {session.id!r}") from exc
+
+    async def reward(self, session: Session, reward: float, step_rewards: Any, metrics: Any) -> None:
+        if self.pool is None:
+            session.metadata["reward"] = {"reward": reward, "step_rewards": step_rewards, "metrics": metrics}
+            return
+        try:
+            await asyncio.to_thread(
+                self.pool.set_reward, session.task_id, reward, step_rewards, metrics, attempt=session.attempt
+            )
+        except Exception as exc:
+            raise _pool_error(exc, f"cannot set the reward of session {session.id!r}") from exc
+
+    async def finish(self, session: Session) -> None:
+        if self.pool is not None:
+            try:
+                await asyncio.to_thread(self.pool.finish, session.task_id, attempt=session.attempt)
+            except Exception as exc:
+                raise _pool_error(exc, f"cannot finish session {session.id!r}") from exc
+        session.finished = True
+        session.ledger.anchors.clear()
+
+    async def samples(self, session: Session) -> list[Sample]:
+        if self.pool is None:
+            return list(session.samples)
+        try:
+            return await asyncio.to_thread(self.pool.samples, session.task_id, session.id)
+        except Exception as exc:
+            raise _pool_error(exc, f"cannot read the samples of session {session.id!r}") from exc
