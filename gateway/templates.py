@@ -110,6 +110,7 @@ class ChatRenderer:
         self.eos_token: str = tokenizer.eos_token or ""
         self.eos_token_id: int | None = tokenizer.eos_token_id
         self._fast = getattr(tokenizer, "_tokenizer", None)
+        self._no_added: Any = None
         sources = (native or "") + (HERMES_TEMPLATE if self.chatml else "")
         controls = sorted(
             {
@@ -182,7 +183,18 @@ class ChatRenderer:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _encode_as_text(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+        """Encode without matching any added token (special or not): a copy of the fast tokenizer
+        with no added tokens. (transformers' split_special_tokens leaves non-special added tokens
+        such as `<tool_call>` matched, and flips a flag on the shared Rust tokenizer.)"""
+        if self._fast is None:
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+        if self._no_added is None:
+            from tokenizers import Tokenizer
+
+            spec = json.loads(self._fast.to_str())
+            spec["added_tokens"] = []
+            self._no_added = Tokenizer.from_str(json.dumps(spec))
+        return list(self._no_added.encode(text, add_special_tokens=False).ids)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text (marked control tokens as plain text)."""

@@ -27,9 +27,32 @@ import json
 import math
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from forge.types import Task
+
+# A tool-calling reply and a final answer, both with reasoning (used by the gateway tests).
+TOOL_SCRIPT = (
+    "<think>\nI should add the numbers.\n</think>\n\n"
+    '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+)
+ANSWER_SCRIPT = "<think>\nThe tool said five.\n</think>\n\nThe answer is 5."
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 HERMES_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
 TRIGGER = "<|im_start|>assistant\n"
 ROPE_THETA = 30.0
@@ -188,3 +211,37 @@ def scripted_model_dir(script: str, order: int = 3, context: int = 1024) -> Path
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# ------------------------------------------------------------------ session helpers for tests
+def start_task(pool: Any, task_id: str | None = None) -> str:
+    """Submit and lease one task (as an env worker would); returns its id."""
+    tid = task_id or f"t-{uuid.uuid4().hex[:8]}"
+    pool.submit([Task(id=tid, env="test")])
+    got = pool.acquire_task("test-worker", timeout=5)
+    assert got is not None and got.id == tid
+    return tid
+
+
+def open_session(gateway_url: str, pool: Any, task_id: str | None = None, **headers: str) -> dict[str, Any]:
+    tid = start_task(pool, task_id)
+    resp = httpx.post(f"{gateway_url}/sessions", json={"task_id": tid}, headers=headers, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def session_info(gateway_url: str, session_id: str) -> dict[str, Any]:
+    resp = httpx.get(f"{gateway_url}/sessions/{session_id}", timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def assert_prefix_consistent(samples: list[dict[str, Any]]) -> None:
+    """Acceptance 1: without a prefix break, prompt[t+1] starts with prompt[t] + completion[t], and
+    every completion token has a log-prob."""
+    for s in samples:
+        assert len(s["logprobs"]) == len(s["completion_ids"]) > 0
+    for a, b in zip(samples, samples[1:], strict=False):
+        assert b["prefix_break"] is False, b
+        head = a["prompt_ids"] + a["completion_ids"]
+        assert b["prompt_ids"][: len(head)] == head
