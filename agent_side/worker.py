@@ -85,6 +85,7 @@ class EnvWorker:
         self._stop = asyncio.Event()
         self._running: dict[str, asyncio.Task[str]] = {}
         self.stats: Counter[str] = Counter()
+        self._client: httpx.AsyncClient | None = None
         self._executor = ThreadPoolExecutor(self.concurrency + 4, thread_name_prefix=f"pool-{self.worker_id}")
 
     # ------------------------------------------------------------------ pool calls (sync client)
@@ -148,6 +149,9 @@ class EnvWorker:
                 episode.cancel()
             if self._running:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
+            if self._client is not None:
+                await self._client.aclose()
+                self._client = None
         return dict(self.stats)
 
     # ------------------------------------------------------------------ one task
@@ -180,7 +184,9 @@ class EnvWorker:
                 with contextlib.suppress(BaseException):
                     await episode
                 return "lease_lost"
-            outcome = episode.result()
+            session_id, outcome = episode.result()
+        except LeaseLost:
+            return "lease_lost"
         except (EpisodeError, SessionError) as exc:
             return await self._abort(task, str(exc))
         except Exception as exc:  # a bug or an unexpected failure: still never lose the task
@@ -192,21 +198,22 @@ class EnvWorker:
                     child.cancel()
                     with contextlib.suppress(BaseException):
                         await child
-        return await self._submit(task, outcome)
+        return await self._submit(task, session_id, outcome)
 
-    async def _episode(self, task: Task, spec: Any) -> EpisodeOutcome:
+    async def _episode(self, task: Task, spec: Any) -> tuple[str, EpisodeOutcome]:
         config = self.config_for(task.env)
         try:
             env = spec.env_class(config, task)
         except Exception as exc:
             raise EpisodeError(f"building {task.env} env failed: {type(exc).__name__}: {exc}") from exc
-        base_url = await self._open_session(task)
+        session_id, base_url = await self._open_session(task)
         try:
-            return await asyncio.wait_for(
+            outcome = await asyncio.wait_for(
                 run_episode(env, base_url, self.api_key, self.model), config.episode_timeout_s
             )
         except TimeoutError:
             raise EpisodeError(f"episode timed out after {config.episode_timeout_s:g}s") from None
+        return session_id, outcome
 
     async def _heartbeat(self, task: Task) -> None:
         """Extend the lease while the episode runs; returns when the lease is lost."""
@@ -220,30 +227,76 @@ class EnvWorker:
             except Exception as exc:  # Redis hiccup: try again next beat
                 log.warning("worker %s: heartbeat of %s failed: %s", self.worker_id, task.id, exc)
 
-    async def _open_session(self, task: Task) -> str:
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                timeout=60.0, headers={"Authorization": f"Bearer {self.api_key}"}
+            )
+        return self._client
+
+    async def _gateway(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await self._http().post(f"{self.gateway_url}{path}", json=body)
+
+    async def _open_session(self, task: Task) -> tuple[str, str]:
         try:
-            async with httpx.AsyncClient(timeout=30.0) as http:
-                resp = await http.post(f"{self.gateway_url}/sessions", json={"task_id": task.id})
+            resp = await self._gateway("/sessions", {"task_id": task.id})
         except httpx.HTTPError as exc:
-            raise SessionError(f"gateway unreachable at {self.gateway_url}: {exc}") from exc
+            raise SessionError(f"gateway unreachable at {self.gateway_url}: {exc!r}") from exc
+        if resp.status_code == 409 and _error_code(resp) == "stale":
+            raise LeaseLost(resp.text[:300])
         if resp.status_code >= 300:
             raise SessionError(
                 f"gateway refused a session for {task.id}: {resp.status_code} {resp.text[:300]}"
             )
-        base_url = str(resp.json().get("base_url", ""))
-        if not base_url:
-            raise SessionError(f"gateway returned no base_url for {task.id}: {resp.text[:300]}")
-        return str(httpx.URL(self.gateway_url + "/").join(base_url))
+        body = resp.json()
+        if body.get("attempt", task.attempt) != task.attempt:
+            raise LeaseLost(f"session bound to attempt {body.get('attempt')}, ours is {task.attempt}")
+        session_id, base_url = str(body.get("session_id", "")), str(body.get("base_url", ""))
+        if not session_id or not base_url:
+            raise SessionError(f"gateway returned no session for {task.id}: {resp.text[:300]}")
+        return session_id, str(httpx.URL(self.gateway_url + "/").join(base_url))
 
-    async def _submit(self, task: Task, outcome: EpisodeOutcome) -> str:
+    async def _submit(self, task: Task, session_id: str, outcome: EpisodeOutcome) -> str:
+        """Check the recorded samples, then reward + finish through the gateway (which also
+        forgets the session); the pool directly when the gateway no longer knows the session."""
+        info = await self._pool(self.pool.task_status, task.id)
+        if info.status != "running" or info.attempt != task.attempt:
+            return "lease_lost"
+        if info.n_samples == 0:
+            return await self._abort(task, "episode made no model calls")
+        if outcome.calls >= 0 and info.n_samples != outcome.calls:
+            return await self._abort(
+                task, f"{outcome.calls} model calls but {info.n_samples} samples recorded"
+            )
+        reward = {
+            "reward": outcome.reward,
+            "step_rewards": outcome.step_rewards or None,
+            "metrics": outcome.metrics,
+        }
         try:
-            info = await self._pool(self.pool.task_status, task.id)
-            if info.n_samples == 0:
-                return await self._abort(task, "episode made no model calls")
-            if outcome.calls >= 0 and info.n_samples != outcome.calls:
-                return await self._abort(
-                    task, f"{outcome.calls} model calls but {info.n_samples} samples recorded"
-                )
+            for path, body in (
+                (f"/sessions/{session_id}/reward", reward),
+                (f"/sessions/{session_id}/finish", {}),
+            ):
+                resp = await self._gateway(path, body)
+                if resp.status_code == 409 and _error_code(resp) == "stale":
+                    return "lease_lost"
+                if resp.status_code == 400:
+                    return await self._abort(task, f"pool refused the episode: {resp.text[:300]}")
+                if resp.status_code >= 300:
+                    raise SessionError(f"{resp.status_code} {resp.text[:200]}")
+        except (httpx.HTTPError, SessionError) as exc:
+            log.warning(
+                "worker %s: gateway could not finish %s (%s); finishing in the pool",
+                self.worker_id,
+                task.id,
+                exc,
+            )
+            return await self._submit_to_pool(task, outcome)
+        return "finished"
+
+    async def _submit_to_pool(self, task: Task, outcome: EpisodeOutcome) -> str:
+        try:
             await self._pool(
                 self.pool.set_reward,
                 task.id,
@@ -253,8 +306,7 @@ class EnvWorker:
                 attempt=task.attempt,
             )
             await self._pool(self.pool.finish, task.id, attempt=task.attempt)
-        except StaleTaskError as exc:
-            log.warning("worker %s: %s was taken from us before finishing: %s", self.worker_id, task.id, exc)
+        except StaleTaskError:
             return "lease_lost"
         except ValueError as exc:  # e.g. step rewards not aligned with the recorded samples
             return await self._abort(task, f"pool refused the episode: {exc}")
@@ -278,3 +330,11 @@ class EnvWorker:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_code(resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error", {})
+    except ValueError:
+        return ""
+    return str(err.get("code") or "") if isinstance(err, dict) else ""
