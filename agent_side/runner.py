@@ -8,6 +8,7 @@ The base URL may be a gateway session (recorded, trained on) or the unscoped gat
 
 from __future__ import annotations
 
+import asyncio
 import math
 import numbers
 import time
@@ -19,6 +20,8 @@ import openai
 from agent_side.blackbox import AgentError, AgentSpec, run_agent
 from agent_side.calls import EnvTimeout, bounded
 from agent_side.env import BlackBoxEnv, BlackBoxResult, Environment, Message, StepResult
+
+RATE_LIMIT_RETRIES = 20
 
 
 class EpisodeError(RuntimeError):
@@ -90,12 +93,8 @@ async def run_whitebox(
     per_step: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     for turn in range(env.config.max_turns):
-        try:
-            completion = await client.chat.completions.create(
-                model=model, messages=state, **({"tools": tools} if tools else {}), **sampling
-            )
-        except openai.APIError as exc:
-            raise EpisodeError(f"model call {turn} failed: {type(exc).__name__}: {exc}") from exc
+        kwargs = {"model": model, "messages": state, **({"tools": tools} if tools else {}), **sampling}
+        completion = await _create(client, kwargs, turn)
         if not completion.choices:
             raise EpisodeError(f"model call {turn} returned no choices")
         reply = completion.choices[0].message.model_dump(exclude_none=True)
@@ -111,6 +110,25 @@ async def run_whitebox(
     names = sorted({name for step in per_step for name in step})
     step_rewards = {name: [step.get(name, 0.0) for step in per_step] for name in names}
     return EpisodeOutcome(reward, step_rewards, metrics, len(per_step), time.monotonic() - start)
+
+
+async def _create(client: openai.AsyncOpenAI, kwargs: dict[str, Any], turn: int) -> Any:
+    """One model call. A 429 (the gateway is at its concurrency limit; nothing was generated or
+    recorded) is retried after its Retry-After; any other failure ends the episode."""
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            return await client.chat.completions.create(**kwargs)
+        except openai.RateLimitError as exc:
+            if attempt == RATE_LIMIT_RETRIES:
+                raise EpisodeError(f"model call {turn} still rate-limited after {attempt + 1} tries") from exc
+            try:
+                delay = float(exc.response.headers.get("retry-after", "1"))
+            except ValueError:
+                delay = 1.0
+            await asyncio.sleep(min(max(delay, 0.05), 30.0))
+        except openai.APIError as exc:
+            raise EpisodeError(f"model call {turn} failed: {type(exc).__name__}: {exc}") from exc
+    raise AssertionError("unreachable")
 
 
 async def run_blackbox(

@@ -59,23 +59,25 @@ def load_task_file(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _payloads(env_name: str, config: EnvConfig, seed: int, split: str) -> Iterator[dict[str, Any]]:
-    """An endless stream of payloads of one split (train / eval), deterministic in `seed`."""
+def _payloads(
+    env_name: str, config: EnvConfig, seed: int, split: str, start: int = 0
+) -> Iterator[dict[str, Any]]:
+    """An endless stream of payloads of one split (train / eval), deterministic in `seed`, from
+    prompt index `start` on (reached directly: every index has its own random stream)."""
     spec = get_env(env_name)
     want_eval = split == "eval"
+    index = start
     if config.source:
         rows = [r for r in load_task_file(config.source) if is_eval_prompt(r) == want_eval]
         if not rows:
             raise ValueError(f"{config.source} has no {split} rows")
-        order = list(range(len(rows)))
-        random.Random(f"{env_name}:{seed}:{split}:order").shuffle(order)
-        epoch = 0
-        while True:
-            for i in order:
-                yield spec.env_class.validate_payload(dict(rows[i]))
-            epoch += 1
+        while True:  # epoch e visits the rows in its own shuffled order
+            epoch, offset = divmod(index, len(rows))
+            order = list(range(len(rows)))
             random.Random(f"{env_name}:{seed}:{split}:order:{epoch}").shuffle(order)
-    index = 0
+            for i in order[offset:]:
+                yield spec.env_class.validate_payload(dict(rows[i]))
+                index += 1
     while True:
         rng = random.Random(f"{env_name}:{seed}:{split}:{index}")
         for _ in range(_MAX_DRAWS_PER_PROMPT):
@@ -101,9 +103,7 @@ def make_tasks(
     if n < 0 or group_size < 1 or start < 0:
         raise ValueError(f"need n >= 0, group_size >= 1, start >= 0; got {n}, {group_size}, {start}")
     cfg = make_config(env_name, config)
-    stream = _payloads(env_name, cfg, seed, "train")
-    for _ in range(start):
-        next(stream)
+    stream = _payloads(env_name, cfg, seed, "train", start)
     tasks = []
     for i in range(start, start + n):
         payload = next(stream)

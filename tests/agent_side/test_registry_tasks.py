@@ -129,3 +129,26 @@ def test_bad_task_files(tmp_path) -> None:
     missing.write_text("\n".join(json.dumps({"question": f"q{i}"}) for i in range(30)))
     with pytest.raises(ValueError, match="lacks"):
         make_tasks("arithmetic", 1, config={"source": str(missing)})
+
+
+def test_chunked_streams_from_a_file_match_one_long_stream(tmp_path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": str(i)}) for i in range(37)))
+    cfg = {"source": str(path)}
+    whole = [t.payload for t in make_tasks("arithmetic", 100, seed=2, config=cfg)]
+    parts = [
+        t.payload for k in range(0, 100, 30) for t in make_tasks("arithmetic", min(30, 100 - k), 2, 1, cfg, k)
+    ]
+    assert parts == whole
+    train_rows = sum(not is_eval_prompt({"question": f"q{i}"}) for i in range(37))
+    assert {p["question"] for p in whole[:train_rows]} == {
+        p["question"] for p in whole[train_rows : 2 * train_rows]
+    }
+
+
+def test_a_late_start_is_cheap() -> None:
+    import time
+
+    t0 = time.perf_counter()
+    late = make_tasks("arithmetic", 2, seed=0, start=10**7)
+    assert time.perf_counter() - t0 < 0.5 and late[0].id == f"arithmetic-s0-p{10**7}-g0"

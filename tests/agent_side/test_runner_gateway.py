@@ -156,3 +156,16 @@ def test_evaluate_on_the_unrecorded_endpoint(make_gateway, answer_engine, answer
     assert report.accuracy == pytest.approx(3 / 10) and report.mean_reward == pytest.approx(3 / 10)
     assert report.per_task["e0"] == 1.0 and report.per_task["e1"] == 0.0
     assert pool.counts()["submitted"] == 0  # evaluation never reaches the pool
+
+
+def test_rate_limited_calls_wait_and_retry(make_gateway, answer_engine, answer_model_dir) -> None:
+    gw = make_gateway(answer_engine, answer_model_dir, max_concurrent_requests=1)
+    cfg = CalculatorConfig(max_tokens=64, temperature=0.0)
+
+    async def main() -> list:
+        urls = [_session(gw.url, f"t{i}")[1] for i in range(6)]
+        return await asyncio.gather(*(run_episode(Calculator(cfg, _calc_task()), u) for u in urls))
+
+    outcomes = asyncio.run(main())
+    assert [o.reward for o in outcomes] == [1.0] * 6
+    assert httpx.get(f"{gw.url}/stats").json()["counters"].get("rejected_busy", 0) > 0
