@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_side.registry import get_env, make_config
-from agent_side.runner import EpisodeError, run_episode
+from agent_side.runner import run_episode
 from forge.types import Task
 
 
@@ -44,15 +44,14 @@ async def evaluate(
     reasons: list[str] = []
 
     async def one(task: Task) -> None:
-        spec = get_env(task.env)
-        env = spec.env_class(make_config(task.env, config), task)
         async with gate:
             try:
+                env = get_env(task.env).env_class(make_config(task.env, config), task)
                 outcome = await asyncio.wait_for(
                     run_episode(env, base_url, api_key, model), env.config.episode_timeout_s
                 )
-            except (EpisodeError, TimeoutError) as exc:
-                reasons.append(f"{task.id}: {exc or 'episode timeout'}")
+            except Exception as exc:  # EpisodeError, a timeout, an env that cannot be built
+                reasons.append(f"{task.id}: {type(exc).__name__}: {exc}")
                 per_task[task.id] = 0.0
                 rewards.append(0.0)
                 return

@@ -52,8 +52,9 @@ def _check_step(result: Any, turn: int) -> StepResult:
     _real(result.reward, f"step {turn} reward")
     if not isinstance(result.observation, list) or not all(isinstance(m, dict) for m in result.observation):
         raise EpisodeError(f"step {turn} observation is not a list of messages")
-    if not isinstance(result.step_rewards, dict):
-        raise EpisodeError(f"step {turn} step_rewards is not a mapping")
+    for name in ("step_rewards", "metrics"):
+        if not isinstance(getattr(result, name), dict):
+            raise EpisodeError(f"step {turn} {name} is not a mapping")
     for name, value in result.step_rewards.items():
         _real(value, f"step {turn} step_rewards[{name!r}]")
     for name, value in result.metrics.items():

@@ -137,11 +137,10 @@ class EnvWorker:
                     continue
                 idle_since = time.monotonic()
                 started += 1
-                episode = asyncio.create_task(self.run_task(task), name=f"episode-{task.id}")
-                self._running[task.id] = episode
-                episode.add_done_callback(
-                    lambda _t, tid=task.id: (self._running.pop(tid, None), slots.release())
-                )
+                key = f"{task.id}#{task.attempt}"  # a retried task may overlap its lost attempt
+                episode = asyncio.create_task(self.run_task(task), name=f"episode-{key}")
+                self._running[key] = episode
+                episode.add_done_callback(lambda _t, k=key: (self._running.pop(k, None), slots.release()))
             if self._running:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
         finally:

@@ -149,11 +149,13 @@ def test_evaluate_on_the_unrecorded_endpoint(make_gateway, answer_engine, answer
         for i in range(9)
     ]
     tasks.append(Task(id="bad", env="calculator", payload={"question": "q"}))  # no answer: the env raises
+    tasks.append(Task(id="unknown", env="no_such_env"))
     report = asyncio.run(
         evaluate(tasks, gw.url, config={"max_tokens": 64, "temperature": 0.0}, concurrency=4)
     )
-    assert report.n == 10 and report.errors == 1 and "bad" in report.reasons[0]
-    assert report.accuracy == pytest.approx(3 / 10) and report.mean_reward == pytest.approx(3 / 10)
+    assert report.n == 11 and report.errors == 2
+    assert sorted(r.split(":")[0] for r in report.reasons) == ["bad", "unknown"]
+    assert report.accuracy == pytest.approx(3 / 11) and report.mean_reward == pytest.approx(3 / 11)
     assert report.per_task["e0"] == 1.0 and report.per_task["e1"] == 0.0
     assert pool.counts()["submitted"] == 0  # evaluation never reaches the pool
 
