@@ -26,7 +26,7 @@ from gateway.schemas import (
     ARedactedThinkingBlock,
     ATextBlock,
     AThinkingBlock,
-    AThinkingEnabled,
+    AThinkingDisabled,
     AToolChoiceAny,
     AToolChoiceNone,
     AToolChoiceTool,
@@ -65,7 +65,12 @@ def to_messages(req: MessagesRequest | CountTokensRequest) -> list[Message]:
         if isinstance(m.content, str):
             out.append(Message(m.role, m.content))
             continue
-        if m.role == "user":
+        if m.role == "system":
+            blocks = [b for b in m.content if not isinstance(b, ATextBlock)]
+            if blocks:
+                raise _refuse(blocks[0], f"messages.{i}.content")
+            out.append(Message("system", "\n".join(b.text for b in m.content)))  # type: ignore[union-attr]
+        elif m.role == "user":
             texts: list[str] = []
             for j, b in enumerate(m.content):
                 where = f"messages.{i}.content.{j}"
@@ -124,11 +129,17 @@ def conversation(req: MessagesRequest | CountTokensRequest) -> Conversation:
         choice = ToolChoice("none")
     kwargs: dict[str, Any] = {}
     if req.thinking is not None:
-        kwargs["enable_thinking"] = isinstance(req.thinking, AThinkingEnabled)
+        kwargs["enable_thinking"] = not isinstance(req.thinking, AThinkingDisabled)
     return Conversation(to_messages(req), tools, choice, kwargs)
 
 
 def sampling(req: MessagesRequest) -> Sampling:
+    if req.container is not None:
+        raise APIError(400, "container: code-execution containers are not supported by this gateway")
+    if req.output_config is not None and req.output_config.format is not None:
+        raise APIError(
+            400, "output_config.format: structured outputs are not supported (no constrained decoding)"
+        )
     stops = list(req.stop_sequences or [])
     if any(not s for s in stops):
         raise APIError(400, "stop_sequences: each stop sequence must be a non-empty string")

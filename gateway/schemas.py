@@ -221,6 +221,8 @@ class AToolUseBlock(_Strict):
     name: str
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    caller: dict[str, Any] | None = None  # the SDK's ToolUseBlock carries these back (None for client tools)
+    toolset_name: str | None = None
 
 
 ToolResultPart = Annotated[ATextBlock | AImageBlock, Field(discriminator="type")]
@@ -232,6 +234,7 @@ class AToolResultBlock(_Strict):
     content: str | list[ToolResultPart] | None = None
     is_error: bool | None = None
     cache_control: CacheControl | None = None
+    toolset_name: str | None = None
 
 
 class AThinkingBlock(_Strict):
@@ -258,7 +261,7 @@ ABlock = Annotated[
 
 
 class AMessageParam(_Strict):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | list[ABlock]
 
 
@@ -268,6 +271,11 @@ class ATool(_Strict):
     input_schema: dict[str, Any]
     type: Literal["custom"] | None = None
     cache_control: CacheControl | None = None
+    strict: bool | None = None
+    defer_loading: bool | None = None
+    eager_input_streaming: bool | None = None
+    input_examples: list[dict[str, Any]] | None = None
+    allowed_callers: list[str] | None = None
 
 
 class AToolChoiceAuto(_Strict):
@@ -298,13 +306,31 @@ AToolChoice = Annotated[
 class AThinkingEnabled(_Strict):
     type: Literal["enabled"]
     budget_tokens: int = Field(ge=1024)
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class AThinkingAdaptive(_Strict):
+    type: Literal["adaptive"]
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class AThinkingBetweenTools(_Strict):
+    type: Literal["between_tools"]
 
 
 class AThinkingDisabled(_Strict):
     type: Literal["disabled"]
 
 
-AThinking = Annotated[AThinkingEnabled | AThinkingDisabled, Field(discriminator="type")]
+AThinking = Annotated[
+    AThinkingEnabled | AThinkingAdaptive | AThinkingBetweenTools | AThinkingDisabled,
+    Field(discriminator="type"),
+]
+
+
+class AOutputConfig(_Strict):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: dict[str, Any] | None = None
 
 
 class AMetadata(_Strict):
@@ -321,14 +347,20 @@ class _AConversation(_Strict):
 
 
 class MessagesRequest(_AConversation):
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1)  # the real API takes 0 to pre-warm its prompt cache; not supported here
     stop_sequences: list[str] | None = None
     stream: bool | None = None
-    temperature: FiniteFloat | None = Field(None, ge=0, le=1)
+    temperature: FiniteFloat | None = Field(None, ge=0, le=1)  # older API fields (the SDK: extra_body)
     top_p: FiniteFloat | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
     metadata: AMetadata | None = None
     service_tier: str | None = None
+    cache_control: CacheControl | None = None
+    container: dict[str, Any] | str | None = None
+    diagnostics: dict[str, Any] | None = None
+    inference_geo: str | None = None
+    output_config: AOutputConfig | None = None
+    speed: Literal["standard", "fast"] | None = None
 
 
 class CountTokensRequest(_AConversation):
