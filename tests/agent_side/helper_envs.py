@@ -36,6 +36,11 @@ class Turns(_Base):
         return StepResult(obs, 1.0 if done else 0.0, done, {"process": 0.1 * self.turn}, {"turns": self.turn})
 
 
+@register_env("test_slow")
+class Slow(Turns):
+    """`test_turns` under another name, so a test can give it its own (short) episode timeout."""
+
+
 @register_env("test_raises")
 class Raises(_Base):
     def step(self, reply: Message) -> StepResult:

@@ -15,7 +15,7 @@ from data_pool import TaskStatus
 from forge.types import Task
 
 HELPERS = str(Path(__file__).with_name("helper_envs.py"))
-load_env_modules([HELPERS])  # registers test_turns, test_raises, test_bad_reward, test_hangs
+load_env_modules([HELPERS])  # registers test_turns, test_slow, test_raises, test_bad_reward, test_hangs
 SHORT = {"max_tokens": 8, "temperature": 1.0}
 
 
@@ -85,7 +85,7 @@ FAILING = [
     ("bool_reward", "test_bad_reward", {"reward": True}, "step 0 reward is bool"),
     ("hang_step", "test_hangs", {}, "Hangs.step did not return within 0.5s"),
     ("hang_reset", "test_hangs", {"where": "reset"}, "Hangs.reset did not return within 0.5s"),
-    ("slow_episode", "test_turns", {"turns": 2, "sleep_s": 5}, "episode timed out after 1s"),
+    ("slow_episode", "test_slow", {"turns": 2, "sleep_s": 5}, "episode timed out after 1.5s"),
 ]
 
 
@@ -106,7 +106,8 @@ def test_env_failures_abort_retry_then_fail_and_the_worker_keeps_running(
         concurrency=4,
         env_configs={
             **{env: cfg for env in ("test_raises", "test_bad_reward", "test_hangs")},
-            "test_turns": {**cfg, "step_timeout_s": 10, "episode_timeout_s": 1},
+            "test_slow": {**cfg, "step_timeout_s": 10, "episode_timeout_s": 1.5},
+            "test_turns": {"max_tokens": 8},  # the good tasks: default timeouts
         },
     )
     start = time.monotonic()
@@ -125,16 +126,16 @@ def test_env_failures_abort_retry_then_fail_and_the_worker_keeps_running(
 def test_heartbeats_keep_long_episodes_and_a_stalled_worker_loses_them(
     make_pool, make_gateway, random_engine, random_model_dir, wait_terminal
 ) -> None:
-    pool = make_pool(lease_timeout_s=1.0, max_attempts=2)
+    pool = make_pool(lease_timeout_s=2.0, max_attempts=2)
     gw = make_gateway(random_engine, random_model_dir, pool)
     cfg = {"test_turns": {"max_tokens": 8, "step_timeout_s": 10}}
-    pool.submit([Task(id="long", env="test_turns", payload={"turns": 2, "sleep_s": 1.2})])
-    assert _run(EnvWorker(pool, gw.url, "w", env_configs=cfg, heartbeat_s=0.25), idle_exit_s=0.5) == {
+    pool.submit([Task(id="long", env="test_turns", payload={"turns": 2, "sleep_s": 1.6})])
+    assert _run(EnvWorker(pool, gw.url, "w", env_configs=cfg, heartbeat_s=0.3), idle_exit_s=0.5) == {
         "finished": 1
     }
-    assert pool.task_status("long").attempt == 0  # 2.4 s of episode on a 1 s lease, never lost
+    assert pool.task_status("long").attempt == 0  # 3.2 s of episode on a 2 s lease, never lost
 
-    pool.submit([Task(id="stalled", env="test_turns", payload={"turns": 2, "sleep_s": 1.2})])
+    pool.submit([Task(id="stalled", env="test_turns", payload={"turns": 2, "sleep_s": 1.6})])
     stats = _run(EnvWorker(pool, gw.url, "w2", env_configs=cfg, heartbeat_s=60), idle_exit_s=2)
     info = wait_terminal(pool, ["stalled"], 20)["stalled"]
     assert stats == {"lease_lost": 2} and info.status == TaskStatus.FAILED and info.attempt == 1
