@@ -131,9 +131,10 @@ class EnvWorker:
                     continue
                 if task is None:
                     slots.release()
-                    if not self._running and idle_exit_s is not None:
-                        if time.monotonic() - idle_since >= idle_exit_s:
-                            break
+                    if self._running:  # idle means: nothing to acquire *and* nothing running
+                        idle_since = time.monotonic()
+                    elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                        break
                     continue
                 idle_since = time.monotonic()
                 started += 1
