@@ -71,58 +71,49 @@ class APIError(Exception):
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    """A pydantic location as a path: ('messages', 0, 'user', 'content') → messages[0].content.
+    """A pydantic location as a path: ('messages', 0, 'user', 'content', 'str') → messages[0].content.
 
-    Discriminated-union tags (the role or block type pydantic inserts) are dropped."""
+    Pydantic adds the member of a union it tried (a discriminator tag, a type name such as 'str' or
+    'list[...]', a model class name); those are not fields and are dropped."""
     out = ""
-    skip_tag = False
+    prev: list[Any] = []  # the fields and indexes kept so far, "<tag>" where a tag was dropped
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-            skip_tag = True
+        elif isinstance(part, str) and ("[" in part or part in _TYPE_NAMES or part[:1].isupper()):
             continue
-        if skip_tag and part in _TAGS:
-            skip_tag = False
+        elif _is_tag(part, prev):
+            prev.append("<tag>")
             continue
-        skip_tag = False
-        if part in ("str", "list", "function-after", "constrained-str"):
-            continue
-        out += ("." if out else "") + str(part)
+        else:
+            out += ("." if out else "") + str(part)
+        prev.append(part)
     return out
 
 
-_TAGS = {
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
-    "text",
-    "image_url",
-    "input_audio",
-    "file",
-    "refusal",
-    "image",
-    "document",
-    "tool_use",
-    "tool_result",
-    "thinking",
-    "redacted_thinking",
-    "auto",
-    "any",
-    "none",
-    "enabled",
-    "disabled",
-    "custom",
+_UNION_LISTS = {"messages", "content"}  # lists of discriminated unions
+_UNION_FIELDS = {"tool_choice", "thinking"}  # discriminated unions
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "constrained-str"}
+_LIST_TAGS = {
+    *("system", "developer", "user", "assistant", "tool", "function"),  # message roles
+    *("text", "image_url", "input_audio", "file", "refusal", "image", "document"),  # content blocks
+    *("tool_use", "tool_result", "thinking", "redacted_thinking"),
 }
+_FIELD_TAGS = {"auto", "any", "tool", "none", "enabled", "disabled", "adaptive", "between_tools"}
+
+
+def _is_tag(part: Any, prev: list[Any]) -> bool:
+    if len(prev) >= 2 and isinstance(prev[-1], int) and prev[-2] in _UNION_LISTS:
+        return part in _LIST_TAGS
+    return bool(prev) and prev[-1] in _UNION_FIELDS and part in _FIELD_TAGS
 
 
 def validation_error(exc: ValidationError, style: str) -> APIError:
     """The first problem of a pydantic ValidationError, phrased as the API would."""
     errors = exc.errors(include_url=False)
-    # an unknown field is the most useful thing to name; else the first error
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    # an unknown field is the most useful thing to name; else the most specific (deepest) error
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    err = extra[0] if extra else max(errors, key=lambda e: len(e["loc"]))
     kind, loc, msg = err["type"], _loc(tuple(err["loc"])), err["msg"]
     if kind == "json_invalid":
         if style == "anthropic":
