@@ -95,8 +95,9 @@ def register() -> None:
 
 def validate(cfg: ForgeConfig) -> None:
     """Checks Hydra's typing cannot express; each error names its key."""
-    from agent_side.registry import make_config
+    from agent_side.registry import load_env_modules, make_config
 
+    load_env_modules(list(cfg.env.modules))  # plug-in environments register on import
     if cfg.engine.kind not in ("native", "sglang"):
         raise ValueError(f"engine.kind={cfg.engine.kind!r}: expected native or sglang")
     if cfg.loop.weight_sync not in ("distributed", "disk"):

@@ -95,6 +95,8 @@ def batch_metrics(
         out[f"pool/count_{k}"] = counts.get(k, 0)
     if sync:
         out["sync/mode_disk"] = float(sync.get("mode") == "disk")
+        out["sync/engine_weight_version"] = sync.get("engine_weight_version", -1)
+        out["sync/probe_output"] = " ".join(map(str, sync.get("probe_output", [])))
     return out
 
 

@@ -125,10 +125,11 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
                         engine_urls, state.weight_version, cfg.loop.weight_sync, weights_dir
                     )
                     scheduler.set_weight_version(state.weight_version)
+                    sync.update(probe_engine(engine_urls[0]))
                 state.step += 1
                 now = time.perf_counter()
                 monitor.log(state.step, batch_metrics(batch, metrics, sync, pool.counts(), now - last))
-                monitor.table(state.step, "samples", *feeder.sample_rows(batch, state.step))
+                monitor.table(state.step, *feeder.sample_rows(batch, state.step))
                 last = now
                 for b in unacked:
                     scheduler.touch(b)
@@ -153,6 +154,14 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
     return summary
 
 
+def probe_engine(url: str) -> dict[str, Any]:
+    """Greedy tokens for a fixed prompt from an engine after a sync: which weights does it serve?"""
+    from gateway.engines.client import SyncEngineClient
+
+    out = SyncEngineClient(url, timeout=60).generate([1, 2, 3, 4], {"max_new_tokens": 4, "temperature": 0.0})
+    return {"engine_weight_version": int(out.weight_version or 0), "probe_output": list(out.output_ids)}
+
+
 def checkpoint(trainer, scheduler, unacked: list, state: RunState, run_dir: Path, monitor) -> list:
     """Save weights + optimizer + RunState, then acknowledge every batch the checkpoint covers."""
     monitor.phase("checkpoint")
@@ -173,11 +182,14 @@ def main(argv: list[str]) -> int:
 
     register()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
     config_dir = str(Path(configs.__file__).parent)
     results: list[dict[str, Any]] = []
 
     @hydra.main(version_base=None, config_path=config_dir, config_name="forge")
     def _app(raw) -> None:
+        for noisy in ("httpx", "httpx2", "aiohttp.access"):  # one line per request otherwise
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         cfg: ForgeConfig = OmegaConf.to_object(raw)
         results.append(run(cfg))
 

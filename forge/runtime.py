@@ -38,12 +38,16 @@ class Runtime(contextlib.ExitStack):
         c = self.cfg.cluster
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        # actor logs (one line per HTTP request) go to the Ray session dir, not the console
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if c.address:
             ray.init(address=c.address, **kwargs)
         else:
             ray.init(num_cpus=c.num_cpus or os.cpu_count(), **kwargs)
         self.callback(ray.shutdown)
+        with contextlib.suppress(Exception):  # where the actors' logs are
+            session = ray._private.worker._global_node.get_session_dir_path()
+            (self.run_dir / "ray_session").write_text(session + "\n")
 
     def start_pool(self):
         from data_pool import connect
@@ -91,7 +95,7 @@ class Runtime(contextlib.ExitStack):
         from gateway.actor import GatewayActor
 
         gw_cfg = dataclasses.replace(self.cfg.gateway, engine_urls=engine_urls, model=model_dir)
-        actor = GatewayActor.remote(gw_cfg, pool.cfg)
+        actor = GatewayActor.remote(gw_cfg, pool)
         self.callback(lambda: _stop_all([actor]))
         return ray.get(actor.url.remote())
 

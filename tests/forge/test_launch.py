@@ -1,0 +1,83 @@
+"""`forge launch` end to end (issue 6 acceptance 2 and 3): tiny model, real Ray, Redis, engine,
+gateway, env workers and DeepSpeed trainer, as a user runs it (a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+FORGE = [sys.executable, "-m", "forge.cli", "launch"]
+COMMON = [
+    "model=tiny",
+    "loop.prompts_per_step=2",
+    "loop.group_size=2",
+    "loop.checkpoint_every=2",
+    "env.eval_prompts=2",
+    "logger.console=false",
+    "trainer.lr=1e-2",
+    "env=custom",
+    "env.name=vowels",
+    "+env.settings.max_tokens=16",
+    f"env.modules=[{Path(__file__).with_name('vowel_env.py')}]",
+]
+
+
+def launch(run_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [*FORGE, *COMMON, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Processes of this run still alive: its redis-server (its dir is in run_dir) and Ray's."""
+    marks = [str(run_dir)] + [s.strip() for s in (run_dir / "ray_session").read_text().splitlines()]
+    alive = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(m and m in cmd for m in marks):
+            alive.append(cmd[:160])
+    return alive
+
+
+@pytest.mark.slow
+def test_launch_trains_syncs_checkpoints_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    first = launch(run_dir, "loop.steps=3")
+    assert first.returncode == 0, first.stderr[-4000:]
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["rollout/episodes"] == 4 and r["train/trained_tokens"] > 0 for r in rows)
+    versions = [r["sync/engine_weight_version"] for r in rows]
+    assert versions == [1, 2, 3], "the engine must serve each new weight version"
+    assert rows[0]["sync/probe_output"] != rows[-1]["sync/probe_output"], "engine outputs did not change"
+    assert (run_dir / "checkpoints" / "step3").is_dir()
+    assert json.loads((run_dir / "state.json").read_text())["step"] == 3
+
+    second = launch(run_dir, "loop.steps=5", "resume=true")
+    assert second.returncode == 0, second.stderr[-4000:]
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["sync/engine_weight_version"] for r in rows[3:]] == [4, 5]
+    trained = [r["pool/count_failed"] for r in rows]
+    assert trained[-1] == 0
+    assert leftovers(run_dir) == []
+
+
+def test_wrong_config_key_fails_at_start_naming_it(tmp_path):
+    out = launch(tmp_path / "bad", "trainer.zero_stag=2", timeout=120)
+    assert out.returncode != 0
+    assert "zero_stag" in out.stderr and "TrainerConfig" in out.stderr
+
+
+def test_wrong_env_setting_fails_at_start_naming_it(tmp_path):
+    out = launch(tmp_path / "bad", "+env.settings.difficulti=3", timeout=120)
+    assert out.returncode != 0
+    assert "difficulti" in out.stderr
