@@ -38,6 +38,11 @@ class Scripts:
         for name in NAMES:
             setattr(self, name, client.register_script(source(name)))
 
+    def load(self, client: redis.Redis) -> None:
+        """SCRIPT LOAD them all (for callers that use plain EVALSHA in a transaction)."""
+        for name in NAMES:
+            getattr(self, name).sha = client.script_load(source(name))
+
     def __getattr__(self, name: str) -> Script:  # for type checkers; real ones set in __init__
         raise AttributeError(name)
 

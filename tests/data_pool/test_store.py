@@ -202,3 +202,49 @@ def test_weight_version_and_flush(make_pool):
     b.submit(make_tasks(1))
     a.flush()
     assert a.counts()["submitted"] == 0 and b.counts()["submitted"] == 1
+
+
+def test_batch_append_keeps_valid_samples_and_cuts_rejected_ones(pool):
+    from data_pool import PoolError
+
+    pool.submit(make_tasks(2))
+    a, b = pool.acquire_task("w"), pool.acquire_task("w")
+    pool.open_session(a.id, "sa")
+    pool.open_session(b.id, "sb")
+    pool.append_sample(make_sample(a.id, "sa", 0))
+    batch = [
+        make_sample(a.id, "sa", 1),
+        make_sample(a.id, "stale", 99),  # rejected in the middle of valid ones: tombstone path
+        make_sample(a.id, "sa", 2),
+        make_sample(b.id, "nope", 99),  # every sample of b rejected: LTRIM path
+        make_sample("ghost", "sa", 99),  # unknown task: its list must not be left behind
+    ]
+    with pytest.raises(PoolError) as err:
+        pool.append_samples(batch)
+    assert isinstance(err.value, StaleTaskError) and "stale" in str(err.value)
+    assert [s.turn for s in pool.samples(a.id)] == [0, 1, 2]
+    assert pool.samples(b.id) == [] and not pool.client.exists("{forge}:s:ghost")
+    assert pool.task_status(a.id).n_samples == 3
+
+
+def test_append_survives_a_script_flush(pool):
+    pool.submit(make_tasks(1))
+    t = pool.acquire_task("w")
+    pool.open_session(t.id, "s")
+    pool.client.script_flush()  # as after a restart of the server
+    pool.append_samples([make_sample(t.id, "s", 0), make_sample(t.id, "s", 1)])
+    pool.append_sample(make_sample(t.id, "s", 2))
+    assert [s.turn for s in pool.samples(t.id)] == [0, 1, 2]
+    pool.set_reward(t.id, 1.0)  # the other scripts reload themselves too
+    pool.finish(t.id)
+
+
+def test_oldest_weight_version_is_tracked_for_staleness(pool):
+    pool.submit(make_tasks(1))
+    t = pool.acquire_task("w")
+    pool.open_session(t.id, "s")
+    pool.append_samples(
+        [make_sample(t.id, "s", 0, weight_version=5), make_sample(t.id, "s", 1, weight_version=3)]
+    )
+    pool.append_sample(make_sample(t.id, "s", 2, weight_version=4))
+    assert pool.client.hget("{forge}:t:t0", "minwv") == b"3"
