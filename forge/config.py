@@ -40,12 +40,15 @@ class EngineConfig:
     num_gpus: float = 0.0  # per engine actor (0: share the GPU with the trainer)
     max_running_requests: int = 64
     cuda_graph: bool = True
+    context_length: int | None = None  # tokens per request slot (None: the model's, at most 4096)
+    kv_cache_gb: float | None = None  # None: 2 GiB on CPU, half the free GPU memory on CUDA
     torch_threads: int = 1  # CPU: threads for each engine (the trainer keeps the rest)
 
 
 @dataclass
 class LoopConfig:
     steps: int = 40  # optimizer steps
+    max_wall_minutes: float = 0.0  # >0: stop training after this long (then checkpoint + eval)
     prompts_per_step: int = 8
     group_size: int = 4  # samples per prompt (group-relative advantages)
     env_workers: int = 1

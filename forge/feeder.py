@@ -111,3 +111,50 @@ def evaluate_accuracy(cfg: ForgeConfig, gateway_url: str) -> float:
         evaluate(tasks, gateway_url, config=settings, concurrency=cfg.loop.worker_concurrency)
     )
     return report.accuracy
+
+
+def collect_batch(scheduler, n: int, stop, timeout_s: float, poll_s: float = 2.0) -> list:
+    """Claim about n episodes as one or more scheduler batches, waking every `poll_s` to honour
+    a stop request (then the partial batches are nacked and [] returned)."""
+    import time
+
+    parts, got = [], 0
+    deadline = time.monotonic() + timeout_s
+    while got < n:
+        if stop.requested:
+            for b in parts:
+                scheduler.nack(b, "driver stopping")
+            return []
+        if time.monotonic() > deadline:
+            for b in parts:
+                scheduler.nack(b, "batch timeout")
+            raise TimeoutError(f"fewer than {n} episodes finished within loop.batch_timeout_s={timeout_s}")
+        b = scheduler.next_batch(n - got, timeout=poll_s)
+        if b.episodes:
+            parts.append(b)
+            got += len(b.episodes)
+    return parts
+
+
+def merge_batches(parts: list):
+    """One Batch view (episodes and claims concatenated, metrics combined) of several."""
+    from data_pool import Batch
+
+    total = sum(len(b.episodes) for b in parts)
+    metrics: dict[str, float] = {}
+    for b in parts:
+        w = len(b.episodes) / total
+        for k, v in b.metrics.items():
+            if k.endswith("_mean"):
+                metrics[k] = metrics.get(k, 0.0) + w * v
+            elif k.endswith("_max") or k in ("head", "window"):
+                metrics[k] = max(metrics.get(k, v), v)
+            else:
+                metrics[k] = metrics.get(k, 0.0) + v
+    return Batch(
+        id="+".join(b.id for b in parts),
+        episodes=[e for b in parts for e in b.episodes],
+        weight_version=min(b.weight_version for b in parts),
+        claims=[c for b in parts for c in b.claims],
+        metrics=metrics,
+    )

@@ -72,7 +72,7 @@ class StopFlag:
 
 def run(cfg: ForgeConfig) -> dict[str, Any]:
     from data_pool import Scheduler
-    from forge.feeder import TaskFeeder, batch_metrics, evaluate_accuracy
+    from forge.feeder import TaskFeeder, batch_metrics, collect_batch, evaluate_accuracy, merge_batches
     from forge.models import materialize
     from forge.monitor import RunMonitor
     from forge.runtime import Runtime
@@ -109,14 +109,22 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
 
             unacked: list[Any] = []
             episodes_per_step = cfg.loop.prompts_per_step * cfg.loop.group_size
-            last = time.perf_counter()
-            while state.step < cfg.loop.steps and not stop.requested:
+            last = started = time.perf_counter()
+            budget_s = cfg.loop.max_wall_minutes * 60 or float("inf")
+            while (
+                state.step < cfg.loop.steps
+                and not stop.requested
+                and time.perf_counter() - started < budget_s
+            ):
                 monitor.phase("waiting for episodes")
                 feeder.top_up()
-                batch = scheduler.next_batch(episodes_per_step, timeout=cfg.loop.batch_timeout_s)
+                parts = collect_batch(scheduler, episodes_per_step, stop, cfg.loop.batch_timeout_s)
+                if not parts:  # stop requested while waiting
+                    break
+                batch = merge_batches(parts)
                 monitor.phase("training")
                 metrics = trainer.train_step(batch.episodes)
-                unacked.append(batch)
+                unacked.extend(parts)
                 sync: dict[str, Any] = {}
                 if metrics["step_applied"]:
                     monitor.phase("weight sync")

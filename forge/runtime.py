@@ -83,6 +83,8 @@ class Runtime(contextlib.ExitStack):
                 device=device,
                 max_running_requests=e.max_running_requests,
                 cuda_graph=e.cuda_graph,
+                context_length=e.context_length,
+                kv_cache_gb=e.kv_cache_gb,
                 seed=self.cfg.seed,
             )
             for _ in range(e.num_engines)

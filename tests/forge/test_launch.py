@@ -81,3 +81,28 @@ def test_wrong_env_setting_fails_at_start_naming_it(tmp_path):
     out = launch(tmp_path / "bad", "+env.settings.difficulti=3", timeout=120)
     assert out.returncode != 0
     assert "difficulti" in out.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_drains_checkpoints_and_leaves_nothing_running(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [*FORGE, *COMMON, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", "loop.steps=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 400
+        while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["step"] >= 1 and (run_dir / "checkpoints" / state["checkpoint"]).is_dir()
+    assert leftovers(run_dir) == []
