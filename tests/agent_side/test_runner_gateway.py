@@ -111,7 +111,10 @@ class AnthropicAgentEnv(BlackBoxEnv):
 
             client = anthropic.Anthropic(base_url=env["ANTHROPIC_BASE_URL"], api_key=env["ANTHROPIC_API_KEY"])
             msg = client.messages.create(
-                model=env["ANTHROPIC_MODEL"], max_tokens=64, messages=[{"role": "user", "content": prompt}]
+                model=env["ANTHROPIC_MODEL"],
+                max_tokens=64,
+                extra_body={"temperature": 0.0},  # this SDK version has no temperature argument
+                messages=[{"role": "user", "content": prompt}],
             )
             return "".join(block.text for block in msg.content if block.type == "text")
 

@@ -65,7 +65,15 @@ def test_calculator_tool_episodes_through_the_worker(
         [Task(id="calc", env="calculator", payload={"question": f"Compute {expr}.", "answer": answer})]
     )
     consumer = make_consumer(pool)
-    cfg = {"calculator": {"max_turns": 4, "max_tokens": 64, "process_reward": 0.1, "speed_reward": 0.5}}
+    cfg = {
+        "calculator": {
+            "max_turns": 4,
+            "max_tokens": 64,
+            "temperature": 0.0,
+            "process_reward": 0.1,
+            "speed_reward": 0.5,
+        }
+    }
     assert _run(EnvWorker(pool, gw.url, "w", env_configs=cfg), idle_exit_s=0.5) == {"finished": 1}
     for _ in range(100):
         if consumer.episodes:
