@@ -7,7 +7,8 @@ round trip per sample and samples whose ids are Python lists (the codec's list �
 Read = the trainer's path: `Scheduler.next_batch` (claim + fetch + decode) and `ack`.
 Raw = `redis-benchmark -t rpush -P <pipeline>` with values of the encoded sample's size on the
 same server (AOF everysec, as in a run); without redis-benchmark, pipelined RPUSH from redis-py
-(field `raw_source` says which). ratio = write_per_s / raw_per_s (target ≥ 0.5).
+(field `raw_source` says which). ratio = write_per_s / raw_per_s (target ≥ 0.5). Raw and API
+writes alternate `--repeat` times and the medians are reported (the runs are listed too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from urllib.parse import urlsplit
@@ -44,13 +46,14 @@ COLUMNS = [
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="forge bench pool", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="one JSON object per configuration")
-    p.add_argument("--samples", type=int, default=4000, help="samples written and read")
+    p.add_argument("--samples", type=int, default=4000, help="samples written per run (and read)")
     p.add_argument("--turns", type=int, default=8, help="samples per task (episode)")
     p.add_argument("--prompt", type=int, default=2048, help="prompt tokens")
     p.add_argument("--completion", type=int, default=512, help="completion tokens")
     p.add_argument("--pipeline", type=int, default=64, help="samples per append_samples call / raw -P")
     p.add_argument("--read-batch", type=int, default=16, help="episodes per next_batch")
     p.add_argument("--clients", type=int, default=1, help="redis-benchmark connections (-c)")
+    p.add_argument("--repeat", type=int, default=3, help="alternating raw/API runs; medians are reported")
     p.add_argument("--redis-url", default=None, help="external Redis (default: embedded)")
     return p.parse_args(argv)
 
@@ -139,18 +142,29 @@ def main(argv: list[str]) -> int:
     n = n_tasks * a.turns
     with bench_pool(a.redis_url, "bench-pool", max_in_flight=10 * n_tasks + 100, mode="greedy") as pool:
         with Progress(console=err, transient=True) as progress:
-            bar = progress.add_task("pool bench", total=6)
-            # raw first, on an empty server
+            bar = progress.add_task("pool bench", total=3 * a.repeat + 3)
             size = len(encode(_samples([Task(id="x0", env="b")], 1, a)[0]))
-            raw_bench = _redis_benchmark(pool.url, size, n, a.pipeline, a.clients)
-            pool.client.delete("mylist")  # redis-benchmark's key
-            progress.advance(bar)
-            raw_py = _redispy_rpush(pool, b"\x00" * size, n, a.pipeline)
-            progress.advance(bar)
-
-            tasks = _open(pool, n_tasks, "w")
-            write = _timed_writes(pool, _samples(tasks, a.turns, a), a.pipeline)
-            progress.advance(bar)
+            # raw and API writes alternate, `repeat` times each; medians are reported, so a
+            # burst of load from other processes does not decide the ratio
+            raw_runs: list[float] = []
+            py_runs: list[float] = []
+            write_runs: list[float] = []
+            tasks: list[Task] = []
+            for r in range(a.repeat):
+                rb = _redis_benchmark(pool.url, size, n, a.pipeline, a.clients)
+                pool.client.delete("mylist")  # redis-benchmark's key
+                if rb is not None:
+                    raw_runs.append(rb)
+                progress.advance(bar)
+                py_runs.append(_redispy_rpush(pool, b"\x00" * size, n, a.pipeline))
+                progress.advance(bar)
+                batch = _open(pool, n_tasks, f"w{r}-")
+                write_runs.append(_timed_writes(pool, _samples(batch, a.turns, a), a.pipeline))
+                tasks += batch
+                progress.advance(bar)
+            raw_bench = statistics.median(raw_runs) if raw_runs else None
+            raw_py = statistics.median(py_runs)
+            write = statistics.median(write_runs)
 
             few = max(1, min(n_tasks, 500 // a.turns))
             single_tasks = _open(pool, few, "one")
@@ -172,9 +186,10 @@ def main(argv: list[str]) -> int:
             reader = reconfigure(pool, mode="greedy")
             sched = Scheduler(reader, consumer_id="bench")
             read_samples = 0
+            total = len(tasks) * a.turns
             t0 = time.perf_counter()
-            while read_samples < n:
-                b = sched.next_batch(min(a.read_batch, (n - read_samples) // a.turns), timeout=5)
+            while read_samples < total:
+                b = sched.next_batch(min(a.read_batch, (total - read_samples) // a.turns), timeout=5)
                 if not b.episodes:
                     raise RuntimeError("pool bench: next_batch returned nothing")
                 read_samples += sum(len(e.samples) for e in b.episodes)
@@ -201,6 +216,9 @@ def main(argv: list[str]) -> int:
             "raw_redispy_per_s": raw_py,
             "sample_bytes": size,
             "samples": n,
+            "repeat": a.repeat,
+            "write_runs": write_runs,
+            "raw_runs": raw_runs or py_runs,
             "pipeline": a.pipeline,
             "prompt_tokens": a.prompt,
             "completion_tokens": a.completion,
