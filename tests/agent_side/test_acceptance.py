@@ -45,6 +45,8 @@ def test_fifty_episodes_of_each_environment_on_ray(
     consumer = make_consumer(pool, batch=8)
     actors = start_env_workers(2, pool.url, gw.url, pool.cfg, concurrency=8, env_configs=configs, poll_s=0.2)
     runs = [a.run.remote(idle_exit_s=3.0) for a in actors]
+    ray.get([a.pid.remote() for a in actors])
+    assert ray.available_resources().get("CPU") == 2.0  # the workers reserve no CPU (num_cpus=0)
     infos = wait_terminal(pool, [t.id for t in tasks], 240)
     stats = ray.get(runs, timeout=60)
     _wait_for(lambda: len(consumer.episodes) == len(tasks), 30, "the consumer to take every episode")

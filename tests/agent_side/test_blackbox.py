@@ -136,3 +136,29 @@ def test_bounded_plain_and_async_calls() -> None:
         assert ticks >= 10
 
     asyncio.run(main())
+
+
+def test_the_example_agent_imports_nothing_from_forge() -> None:
+    import ast
+    from pathlib import Path
+
+    import agent_side.examples.react_agent as react_agent
+
+    tree = ast.parse(Path(react_agent.__file__).read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= {
+        "__future__",
+        "ast",
+        "json",
+        "operator",
+        "os",
+        "sys",
+        "collections",
+        "typing",
+        "openai",
+    }
