@@ -48,7 +48,8 @@ def _op(summary: str, body: type[BaseModel] | None, params: list[dict[str, Any]]
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(model_names: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document; with `model_names`, request bodies' `model` lists the names this gateway serves."""
     bodies = [
         ChatCompletionRequest,
         CompletionRequest,
@@ -61,6 +62,12 @@ def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "validation") for m in bodies], ref_template="#/components/schemas/{model}"
     )
+    if model_names:
+        for body in (ChatCompletionRequest, CompletionRequest, MessagesRequest, CountTokensRequest):
+            defs["$defs"][body.__name__]["properties"]["model"] = {
+                "type": "string",
+                "enum": list(model_names),
+            }
     paths: dict[str, Any] = {
         "/sessions": {"post": _op("Open a session for a task", CreateSession, [])},
         "/sessions/{session_id}": {"get": _op("A session's recorded samples", None, [SESSION_PARAM])},
@@ -81,7 +88,8 @@ def openapi_document() -> dict[str, Any]:
             "post": _op("Anthropic token count", CountTokensRequest, params)
         }
         paths[base + "/v1/models"] = {"get": _op("OpenAI models", None, params)}
-        model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+        model_schema = {"type": "string", "enum": list(model_names)} if model_names else {"type": "string"}
+        model_param = {"name": "model", "in": "path", "required": True, "schema": model_schema}
         paths[base + "/v1/models/{model}"] = {"get": _op("One model", None, [*params, model_param])}
     return {
         "openapi": "3.1.0",

@@ -294,7 +294,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(tuple(request.app[GW].model_names)))
 
 
 def build_app(gw: Gateway) -> web.Application:

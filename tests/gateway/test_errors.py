@@ -22,9 +22,15 @@ MSG = {"model": "default", "max_tokens": 4, "messages": [{"role": "user", "conte
 LONG = " ".join(["word"] * 1500)  # over the 1024-token context
 
 
-@pytest.fixture
-def gw(make_gateway: Any, random_engine: Any, random_model_dir: Any) -> Any:
-    return make_gateway([random_engine.url], random_model_dir)
+@pytest.fixture(scope="module")
+def gw(random_engine: Any, random_model_dir: Any) -> Iterator[Any]:
+    from gateway import start_gateway_in_thread
+
+    handle = start_gateway_in_thread(
+        GatewayConfig(engine_urls=[random_engine.url], model=str(random_model_dir))
+    )
+    yield handle
+    handle.stop()
 
 
 def openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
