@@ -130,6 +130,7 @@ class Runtime(contextlib.ExitStack):
             concurrency=loop.worker_concurrency,
             env_configs={env.name: dict(env.settings)},
             env_modules=list(env.modules),
+            api_key=api_key(self.cfg),
         )
         runs = [a.run.remote() for a in actors]
 
@@ -141,6 +142,11 @@ class Runtime(contextlib.ExitStack):
 
         self.callback(stop)
         return actors
+
+
+def api_key(cfg: ForgeConfig) -> str:
+    """The key agents send to the gateway (required when it binds a non-loopback address)."""
+    return cfg.gateway.api_keys[0] if cfg.gateway.api_keys else "forge"
 
 
 def _stop_all(actors: list[Any]) -> None:
