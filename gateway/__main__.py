@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any
 
 from gateway.config import GatewayConfig
 
@@ -71,10 +72,20 @@ def main(argv: list[str] | None = None) -> int:
 
         pool = connect(PoolConfig(redis_url=redis_url))
     try:
-        asyncio.run(serve(cfg, pool))
+        run_loop(serve(cfg, pool))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def run_loop(coro: Any) -> None:
+    """asyncio.run, on uvloop when it is installed (less per-request overhead)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ dropped still matches) reuses the anchor's ids and renders only what follows:
    conversation without a generation prompt; the first must start with the second (a template
    that renders history differently once more messages follow fails here);
 2. locate the end of the reply in that text: the last end-of-turn string (the token that ended the
-   completion, e.g. `<|im_end|>`) inside the reply's part of the rendering. If the completion
+   completion, e.g. `<|im_end|>`), which must be followed only by whitespace. If the completion
    ended with it, the new text starts right after it; if it was cut off (length, stop string), the
    new text starts with the end-of-turn string itself, closing the turn the model left open;
 3. encode that new text as it tokenises after the end-of-turn token, checking that the join is
@@ -48,7 +48,6 @@ class Anchor:
     text: str = ""  # raw: prompt text + completion text
     prefill: str = ""  # prompt: the text after the generation prompt (tool_choice) it was sent with
     _text_a: str | None = field(default=None, repr=False)
-    _text_b: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -100,12 +99,12 @@ class Ledger:
         text = self.r.render(messages, conv.tools, True, template, conv.template_kwargs) + prefill
         return PromptPlan(self.r.encode(text), 0, template, key, prefill, "fresh", why)
 
-    def _text_a(self, anchor: Anchor, conv: Conversation, template: str) -> tuple[str, str]:
-        if anchor._text_a is None or anchor._text_b is None:
-            msgs = _strip(anchor.messages)
-            anchor._text_a = self.r.render(msgs, conv.tools, False, template, conv.template_kwargs)
-            anchor._text_b = self.r.render(msgs[:-1], conv.tools, False, template, conv.template_kwargs)
-        return anchor._text_a, anchor._text_b
+    def _text_a(self, anchor: Anchor, conv: Conversation, template: str) -> str:
+        if anchor._text_a is None:
+            anchor._text_a = self.r.render(
+                _strip(anchor.messages), conv.tools, False, template, conv.template_kwargs
+            )
+        return anchor._text_a
 
     def _extend(
         self, anchor: Anchor, messages: list[Message], conv: Conversation, template: str, prefill: str
@@ -113,11 +112,14 @@ class Ledger:
         k = len(anchor.messages)
         full_msgs = _strip(anchor.messages) + list(messages[k:])
         text_full = self.r.render(full_msgs, conv.tools, True, template, conv.template_kwargs) + prefill
-        text_a, text_b = self._text_a(anchor, conv, template)
-        if not text_full.startswith(text_a) or not text_a.startswith(text_b):
+        text_a = self._text_a(anchor, conv, template)
+        if not text_full.startswith(text_a):
             return None, "the chat template renders the earlier conversation differently now"
-        p = text_a.rfind(anchor.eot, len(text_b)) if anchor.eot else -1
-        if p < 0:
+        # the reply's end-of-turn must be the last thing the template wrote for the conversation so
+        # far, up to whitespace (e.g. ChatML's "<|im_end|>\n"); otherwise the one found belongs to an
+        # earlier message and the reply itself would be rendered again
+        p = text_a.rfind(anchor.eot) if anchor.eot else -1
+        if p < 0 or text_a[p + len(anchor.eot) :].strip():
             return None, "the chat template writes no end-of-turn token after the reply"
         cut = p + len(anchor.eot) if anchor.ended else p
         delta = self.r.encode_continuation(text_full[:cut], text_full[cut:])

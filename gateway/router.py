@@ -71,7 +71,8 @@ class Router:
 
     async def generate(
         self, session_id: str | None, input_ids: list[int], sampling: dict[str, Any], rid: str
-    ) -> GenerateResult:
+    ) -> tuple[GenerateResult, str]:
+        """The engine's answer and the URL of the engine that gave it."""
         tried: set[int] = set()
         last: Exception | None = None
         for _ in range(2):
@@ -83,7 +84,7 @@ class Router:
             try:
                 result = await slot.client.generate(input_ids, sampling, rid=rid, return_logprob=True)
                 slot.served += 1
-                return result
+                return result, slot.url
             except EngineUnavailableError as exc:
                 slot.failures += 1
                 slot.last_error = str(exc)

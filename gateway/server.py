@@ -241,6 +241,7 @@ async def get_session(request: web.Request) -> web.Response:
                 "reused_tokens": r.reused_tokens if r else None,
                 "prompt_source": r.how if r else None,
                 "note": r.note if r else "",
+                "engine": r.engine if r else "",
             }
         )
     return web.json_response(
@@ -286,6 +287,7 @@ async def stats(request: web.Request) -> web.Response:
             "in_flight": gw.in_flight,
             "sessions": len(gw.sessions.sessions),
             "counters": gw.counters,
+            "stage_mean_ms": gw.stage_means_ms(),
             "engines": gw.router.load(),
             "context_length": gw.context(),
             "models": gw.model_names,

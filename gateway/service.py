@@ -63,6 +63,7 @@ class Choice:
     parsed: ParsedReply | None = None  # chat: reasoning / content / tool calls of `text`
     message: Message | None = None  # chat: the reply as the gateway knows it (ledger)
     weight_version: int = 0
+    engine: str = ""  # the URL of the engine that generated it
 
     @property
     def ended(self) -> bool:
@@ -161,6 +162,8 @@ class Gateway:
         self.in_flight = 0
         self.counters: dict[str, int] = {"calls": 0, "rejected_busy": 0, "engine_errors": 0, "timeouts": 0}
         self._stateless = Ledger(self.renderer, 2)
+        self.stage_s: dict[str, float] = {}
+        self.stage_calls = 0
         self.created = int(time.time())
 
     # ------------------------------------------------------------------ setup and limits
@@ -257,7 +260,7 @@ class Gateway:
 
     async def _generate(
         self, session_id: str | None, prompt: list[int], s: Sampling, max_new: int
-    ) -> list[GenerateResult]:
+    ) -> list[tuple[GenerateResult, str]]:
         rid = secrets.token_hex(8)
         calls = [
             self.router.generate(session_id, prompt, self._engine_params(s, max_new, i), f"{rid}-{i}")
@@ -278,7 +281,7 @@ class Gateway:
         except EngineProtocolError as exc:
             self.counters["engine_errors"] += 1
             raise APIError(502, f"The inference engine answered something unexpected: {exc}") from None
-        for r in results:
+        for r, _ in results:
             if r.finish_reason == "abort":
                 raise APIError(
                     503, f"The inference engine aborted the request: {r.abort_message or 'aborted'}"
@@ -286,7 +289,8 @@ class Gateway:
         self.counters["calls"] += 1
         return results
 
-    def _choice(self, i: int, r: GenerateResult, prefill: str, want_pieces: bool) -> Choice:
+    def _choice(self, i: int, answer: tuple[GenerateResult, str], prefill: str, want_pieces: bool) -> Choice:
+        r, engine = answer
         ids = r.output_ids
         eot = ""
         if (
@@ -316,6 +320,7 @@ class Gateway:
             eot=eot,
             pieces=pieces,
             weight_version=_version(r.weight_version),
+            engine=engine,
         )
 
     # ------------------------------------------------------------------ chat
@@ -392,8 +397,9 @@ class Gateway:
             prompt_ids=plan.ids,
             choices=choices,
             reused_tokens=plan.reused,
-            cached_tokens=int(results[0].raw.get("meta_info", {}).get("cached_tokens") or 0),
+            cached_tokens=int(results[0][0].raw.get("meta_info", {}).get("cached_tokens") or 0),
         )
+        t3 = time.perf_counter()
         if session is not None:
             await self._record(session, plan, result, {"render_s": t1 - t0, "engine_s": t2 - t1})
             session.ledger.record_chat(
@@ -402,7 +408,18 @@ class Gateway:
                 [(c.message, c.ids, c.ended, c.eot or self.renderer.eos_token) for c in choices if c.message],
             )
             session.ledger.finish_call(plan.ids, [c.ids for c in choices])
+        self._account(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
         return result
+
+    def _account(self, prepare: float, engine: float, parse: float, record: float) -> None:
+        """Cumulative seconds per stage of a call (GET /stats shows the means)."""
+        for name, dt in (("prepare", prepare), ("engine", engine), ("parse", parse), ("record", record)):
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + dt
+        self.stage_calls += 1
+
+    def stage_means_ms(self) -> dict[str, float]:
+        n = max(1, self.stage_calls)
+        return {k: round(v * 1e3 / n, 3) for k, v in self.stage_s.items()}
 
     async def _record(
         self, session: Session, plan: PromptPlan, result: CallResult, timings: dict[str, float]
@@ -423,8 +440,8 @@ class Gateway:
             for j, c in enumerate(result.choices)
         ]
         await self.sessions.record(session, samples)
-        for s in samples:
-            session.records.append(CallRecord(s.turn, brk, plan.reused, plan.how, plan.why_fresh))
+        for s, c in zip(samples, result.choices, strict=True):
+            session.records.append(CallRecord(s.turn, brk, plan.reused, plan.how, plan.why_fresh, c.engine))
         session.turns += len(samples)
         session.prefix_breaks += int(brk)
         result.prefix_break = brk
@@ -463,6 +480,7 @@ class Gateway:
             choices,
             reused_tokens=plan.reused,
         )
+        t3 = time.perf_counter()
         if session is not None:
             await self._record(session, plan, result, {"render_s": t1 - t0, "engine_s": t2 - t1})
             if isinstance(prompt, str):
@@ -473,6 +491,7 @@ class Gateway:
                     replies.append((c.text, ids, exact))
                 session.ledger.record_raw(plan, prompt, replies)
             session.ledger.finish_call(plan.ids, [c.ids for c in choices])
+        self._account(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
         return result
 
     async def aclose(self) -> None:

@@ -31,6 +31,7 @@ class CallRecord:
     reused_tokens: int
     how: str  # fresh | extended | retry
     note: str = ""
+    engine: str = ""
 
 
 @dataclass
