@@ -104,6 +104,11 @@ def to_messages(req: MessagesRequest | CountTokensRequest) -> list[Message]:
 
 
 def conversation(req: MessagesRequest | CountTokensRequest) -> Conversation:
+    if req.messages[-1].role == "assistant":
+        raise APIError(
+            400,
+            "This model does not support assistant message prefill. The conversation must end with a user message.",
+        )
     tools = [
         {
             "type": "function",

@@ -57,7 +57,7 @@ class GatewayConfig:
     session_idle_timeout_s: float = (
         3600.0  # sessions unused this long are forgotten (samples stay in the pool)
     )
-    ledger_max_anchors: int = 16  # token states kept per session to extend from (newest first)
+    ledger_max_anchors: int = 8  # token states kept per session to extend from (newest first)
     engine_retry_after_s: float = 2.0  # an engine that failed is skipped this long
     max_request_bytes: int = 64 << 20
 

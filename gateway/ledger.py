@@ -29,6 +29,7 @@ not show) and encodes only the rest.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ class Anchor:
     kind: str  # "prompt": a request as sent; "reply": a request + one reply; "raw": completions text
     key: str  # tools / template / options fingerprint: only requests that agree can extend it
     messages: tuple[Message, ...]
-    ids: list[int]
+    ids: array  # exact token ids up to the boundary (int32: a quarter of a list's memory)
     ended: bool = True  # reply: the completion ended with the end-of-turn token `eot`
     eot: str = ""
     text: str = ""  # raw: prompt text + completion text
@@ -89,7 +90,9 @@ class Ledger:
                 if anchor.kind == "prompt":
                     same = anchor.prefill == prefill and len(anchor.messages) == len(messages)
                     if same and same_prefix(anchor.messages, messages):
-                        return PromptPlan(list(anchor.ids), len(anchor.ids), template, key, prefill, "retry")
+                        return PromptPlan(
+                            anchor.ids.tolist(), len(anchor.ids), template, key, prefill, "retry"
+                        )
                     continue
                 if len(anchor.messages) < len(messages) and same_prefix(anchor.messages, messages):
                     ids, why = self._extend(anchor, messages, conv, template, prefill)
@@ -125,7 +128,7 @@ class Ledger:
         delta = self.r.encode_continuation(text_full[:cut], text_full[cut:])
         if delta is None:
             return None, "the new messages do not tokenise stably after the reply"
-        return anchor.ids + delta, ""
+        return anchor.ids.tolist() + delta, ""
 
     def record_chat(
         self,
@@ -135,10 +138,11 @@ class Ledger:
     ) -> None:
         """Keep the request's and each reply's token state: replies are (reply message,
         completion ids, ended with an end-of-turn token, that token's text)."""
-        self.anchors.append(Anchor("prompt", plan.key, tuple(messages), list(plan.ids), prefill=plan.prefill))
+        prompt = array("i", plan.ids)
+        self.anchors.append(Anchor("prompt", plan.key, tuple(messages), prompt, prefill=plan.prefill))
         for reply, completion, ended, eot in replies:
             self.anchors.append(
-                Anchor("reply", plan.key, (*messages, reply), plan.ids + completion, ended, eot)
+                Anchor("reply", plan.key, (*messages, reply), prompt + array("i", completion), ended, eot)
             )
 
     # ------------------------------------------------------------------ raw completions
@@ -152,7 +156,11 @@ class Ledger:
             ids_all = self.r.encode_raw(tail + rest)
             if ids_all[: len(ids_tail)] == ids_tail:
                 return PromptPlan(
-                    anchor.ids + ids_all[len(ids_tail) :], len(anchor.ids), "raw", "raw", how="extended"
+                    anchor.ids.tolist() + ids_all[len(ids_tail) :],
+                    len(anchor.ids),
+                    "raw",
+                    "raw",
+                    how="extended",
                 )
             break
         return PromptPlan(self.r.encode_raw(prompt), 0, "raw", "raw")
@@ -162,7 +170,7 @@ class Ledger:
         ids decode exactly to the text)."""
         for text, ids, exact in replies:
             if exact:
-                self.anchors.append(Anchor("raw", "raw", (), plan.ids + ids, text=prompt + text))
+                self.anchors.append(Anchor("raw", "raw", (), array("i", plan.ids + ids), text=prompt + text))
 
     # ------------------------------------------------------------------ accounting
     def is_break(self, prompt_ids: list[int]) -> bool:
