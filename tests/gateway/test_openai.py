@@ -188,6 +188,15 @@ def test_completions_endpoint_and_its_ledger(random_gateway: Any, pool: Any) -> 
         assert s2["prompt_source"] == "extended"
 
 
+def test_completions_batch_of_prompts(random_gateway: Any) -> None:
+    c = client(random_gateway.url)
+    out = c.completions.create(model="default", prompt=["Hello", "Goodbye"], n=2, max_tokens=3, seed=3)
+    assert [ch.index for ch in out.choices] == [0, 1, 2, 3]
+    assert 4 <= out.usage.completion_tokens <= 12
+    ids = c.completions.create(model="default", prompt=[[72, 105], [66, 121, 101]], max_tokens=2)
+    assert [ch.index for ch in ids.choices] == [0, 1] and ids.usage.prompt_tokens == 5
+
+
 def test_models(random_gateway: Any, random_model_dir: Any) -> None:
     c = client(random_gateway.url)
     ids = [m.id for m in c.models.list()]
