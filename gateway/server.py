@@ -81,7 +81,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         else:
             err = APIError(exc.status, exc.reason or "error")
         return _error_response(err, style)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ConnectionResetError):  # the client went away (e.g. mid-stream)
         raise
     except Exception:  # a bug: answer JSON, no stack trace to the client; log it here
         log.exception("gateway: unhandled error on %s %s", request.method, request.path)

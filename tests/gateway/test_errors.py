@@ -253,3 +253,15 @@ def test_keys_required_off_loopback() -> None:
         GatewayConfig(host="0.0.0.0").validate()
     GatewayConfig(host="0.0.0.0", api_keys=["k"]).validate()
     GatewayConfig(host="::1").validate()
+
+
+def test_a_client_that_hangs_up_frees_its_slot(
+    make_gateway: Any, random_model_dir: Any, stuck_engine: str
+) -> None:
+    gw = make_gateway([stuck_engine], random_model_dir, context_length=1024, max_concurrent_requests=1)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{gw.url}/stats").json()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(f"{gw.url}/stats").json()["in_flight"] == 0  # the handler was cancelled
