@@ -14,6 +14,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,7 @@ class Gateway:
         self.counters: dict[str, int] = {"calls": 0, "rejected_busy": 0, "engine_errors": 0, "timeouts": 0}
         self._stateless = Ledger(self.renderer, 2)
         self.stage_s: dict[str, float] = {}
+        self._valid_tools: OrderedDict[str, None] = OrderedDict()
         self.stage_calls = 0
         self.created = int(time.time())
 
@@ -324,6 +326,18 @@ class Gateway:
         )
 
     # ------------------------------------------------------------------ chat
+    def check_tools(self, tools: list[dict[str, Any]]) -> None:
+        """`validate_tools`, remembered: agents send the same tools with every call, and checking a
+        JSON Schema costs ~2 ms per tool."""
+        key = json.dumps(tools, sort_keys=True, ensure_ascii=False, default=str)
+        if key in self._valid_tools:
+            self._valid_tools.move_to_end(key)
+            return
+        validate_tools(tools)
+        self._valid_tools[key] = None
+        if len(self._valid_tools) > 1024:
+            self._valid_tools.popitem(last=False)
+
     def prefill_for(self, conv: Conversation) -> str:
         choice = conv.tool_choice
         if choice.mode in ("auto", "none"):
@@ -370,7 +384,7 @@ class Gateway:
     ) -> CallResult:
         t0 = time.perf_counter()
         if conv.tools:
-            validate_tools(conv.tools)
+            self.check_tools(conv.tools)
         prefill = self.prefill_for(conv)
         plan = self.plan(session, conv, prefill)
         max_new = self.budget(len(plan.ids), s.max_tokens, self.cfg.default_max_tokens, style)
