@@ -74,7 +74,9 @@ def test_ray_actor(random_engine: Any, random_model_dir: Path, pool: Any) -> Non
     from gateway import GatewayConfig
     from gateway.actor import GatewayActor
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         cfg = GatewayConfig(engine_urls=[random_engine.url], model=str(random_model_dir))
         actor = GatewayActor.remote(cfg, pool)  # the DataPool pickles as its URL
@@ -89,4 +91,5 @@ def test_ray_actor(random_engine: Any, random_model_dir: Path, pool: Any) -> Non
         assert ray.get(actor.stats.remote())["sessions"] == 1
         ray.get(actor.stop.remote())
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
