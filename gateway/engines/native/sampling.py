@@ -34,8 +34,15 @@ def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> to
     base = _mix32((seeds & _M32) ^ _mix32((positions * 0x27D4EB2D) & _M32))
     ids = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     h = _mix32((base[:, None] + ids[None, :] * 0x9E3779B1) & _M32)
-    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
-    return -torch.log(-torch.log(u))
+    return -torch.log(-torch.log(uniform_open(h)))
+
+
+def uniform_open(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes → float32 uniforms strictly inside (0, 1).
+
+    23 bits, not 24: (2^24 − 0.5) / 2^24 rounds to exactly 1.0 in float32, which made the Gumbel
+    noise +inf and let a random token win about 0.3% of sampled steps on a 49k vocabulary."""
+    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
 
 
 @dataclass
