@@ -115,11 +115,20 @@ def connect_engines(
     group_name: str = DEFAULT_GROUP_NAME,
     timeout_s: float = 600.0,
 ) -> dist.ProcessGroup:
-    """Form the weight-update group with engines at `urls` (one rank each, ranks 1..N); rank 0 here."""
-    from gateway.engines.client import SyncEngineClient
+    """Form the weight-update group with engines at `urls` (one rank each, ranks 1..N); rank 0 here.
 
+    A group of the same name left on an engine by an earlier, failed attempt is destroyed first.
+    If an engine refuses to join, this raises at once instead of waiting out the rendezvous."""
+    from gateway.engines.client import EngineRequestError, SyncEngineClient
+
+    for url in urls:
+        try:
+            SyncEngineClient(url, timeout=60).destroy_weights_update_group(group_name)
+        except EngineRequestError:
+            pass  # none there: the usual case
     world_size = len(urls) + 1
     errors: list[BaseException] = []
+    failed = threading.Event()
 
     def join(i: int, url: str) -> None:
         try:
@@ -130,50 +139,109 @@ def connect_engines(
                 raise RuntimeError(f"{url}: {out.get('message')}")
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+            failed.set()
+
+    result: list[Any] = []
+
+    def host() -> None:
+        try:
+            result.append(
+                new_weight_update_group(
+                    backend, master_address, master_port, world_size, 0, group_name, timeout_s
+                )
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            failed.set()
 
     threads = [threading.Thread(target=join, args=(i, u), daemon=True) for i, u in enumerate(urls)]
+    hosting = threading.Thread(target=host, daemon=True)
+    hosting.start()
     for t in threads:
         t.start()
-    group = new_weight_update_group(
-        backend, master_address, master_port, world_size, 0, group_name, timeout_s
-    )
-    for t in threads:
-        t.join()
+    while hosting.is_alive() or any(t.is_alive() for t in threads):
+        if failed.wait(0.05):
+            break
     if errors:
         raise RuntimeError(f"engines failed to join the weight-update group: {errors}")
-    return group
+    return result[0]
+
+
+def leave_engines(urls: Sequence[str], group_name: str = DEFAULT_GROUP_NAME) -> None:
+    """Best effort: ask engines to drop the weight-update group (after a failed sync)."""
+    from gateway.engines.client import EngineError, SyncEngineClient
+
+    for url in urls:
+        try:
+            SyncEngineClient(url, timeout=60).destroy_weights_update_group(group_name)
+        except EngineError:
+            pass
 
 
 def push_weights(
     urls: Sequence[str],
-    group: dist.ProcessGroup,
+    group: dist.ProcessGroup | None,
     named_tensors: Iterable[tuple[str, torch.Tensor]],
     weight_version: str,
     group_name: str = DEFAULT_GROUP_NAME,
     bucket_bytes: int = 1 << 30,
     pause: bool = True,
     timeout_s: float = 600.0,
+    ipc_urls: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Send all tensors to every engine of `group`, bucket by bucket, and set `weight_version`.
+    """Send all tensors to every engine, bucket by bucket, and set `weight_version`.
 
-    With `pause` (default) engines are paused in place for the whole update, so no token is
+    Engines at `urls` are the members of `group` (broadcast); engines at `ipc_urls` share this
+    process's GPU and get each bucket as a CUDA IPC buffer instead (NCCL refuses two ranks on one
+    GPU). With `pause` (default) engines are paused in place for the whole update, so no token is
     generated with half-updated weights; every bucket carries the same `weight_version`."""
     from gateway.engines.client import SyncEngineClient
 
+    if urls and group is None:
+        raise ValueError("engines to broadcast to, but no weight-update group")
     clients = [SyncEngineClient(u, timeout=timeout_s) for u in urls]
+    ipc_clients = [SyncEngineClient(u, timeout=timeout_s) for u in ipc_urls]
+    everyone = clients + ipc_clients
     if pause:
-        for c in clients:
+        for c in everyone:
             c.pause_generation("in_place")
     try:
         total, count = 0, 0
         for bucket in buckets(named_tensors, bucket_bytes):
-            total += _push_bucket(clients, group, bucket, str(weight_version), group_name)
+            if clients:
+                total += _push_bucket(clients, group, bucket, str(weight_version), group_name)
+            if ipc_clients:
+                total += _push_bucket_ipc(ipc_clients, bucket, str(weight_version))
             count += 1
     finally:
         if pause:
-            for c in clients:
+            for c in everyone:
                 c.continue_generation()
-    return {"buckets": count, "bytes": total, "weight_version": str(weight_version)}
+    return {
+        "buckets": count,
+        "bytes": total,
+        "weight_version": str(weight_version),
+        "ipc_engines": len(ipc_urls),
+    }
+
+
+def _push_bucket_ipc(
+    clients: Sequence[Any], bucket: list[tuple[str, torch.Tensor]], weight_version: str
+) -> int:
+    from forge import cuda_ipc
+
+    packed = cuda_ipc.pack_bucket(bucket)
+    torch.cuda.current_stream().synchronize()  # the buffer is filled before an engine reads it
+    entry = cuda_ipc.encode(packed.meta)
+    try:
+        for client in clients:
+            out = client.update_weights_from_tensor([entry], cuda_ipc.FORMAT, weight_version)
+            if isinstance(out, dict) and not out.get("success", True):
+                raise RuntimeError(f"{client.base_url}: {out.get('message')}")
+    finally:
+        del packed
+        torch.cuda.ipc_collect()  # free buffers the engines have released
+    return sum(t.numel() * t.element_size() for _, t in bucket)
 
 
 def _push_bucket(

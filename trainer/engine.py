@@ -13,6 +13,7 @@ our own check for stage 0) and is reported in the metrics; it is never applied.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -32,6 +33,8 @@ from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_
 from trainer.config import AlgoConfig, TrainerConfig
 from trainer.losses import normalisation
 from trainer.step import forward_backward
+
+log = logging.getLogger("forge.trainer")
 
 SUMMED = ("loss", "trained_tokens", "tree_tokens", "flat_tokens")
 TOKEN_MEANS = ("clip_fraction", "masked_fraction", "entropy", "is_ratio_mean")
@@ -347,23 +350,49 @@ class Trainer:
 
         info: dict[str, Any] = {"mode": mode}
         if mode == "distributed":
+            remote, local = self._split_by_gpu(urls)
             try:
-                if getattr(self, "_sync_group", None) is None:
+                if remote and getattr(self, "_sync_group", None) is None:
                     backend = "nccl" if self.device == "cuda" else "gloo"
-                    self._sync_group = weight_sync.connect_engines(urls, _node_ip(), free_port(), backend)
-                info.update(weight_sync.push_weights(urls, self._sync_group, named, str(version)))
+                    self._sync_group = weight_sync.connect_engines(remote, _node_ip(), free_port(), backend)
+                info.update(
+                    weight_sync.push_weights(
+                        remote, getattr(self, "_sync_group", None), named, str(version), ipc_urls=local
+                    )
+                )
             except Exception as exc:
                 # re-exporting alone is only possible when the gather is not collective
                 if directory is None or (self.cfg.zero_stage == 3 and self.world > 1):
                     raise
+                if getattr(self, "_sync_group", None) is not None:
+                    weight_sync.destroy_group(self._sync_group)
                 self._sync_group = None
+                weight_sync.leave_engines(remote)
                 info = {"mode": "disk", "fallback_reason": f"{type(exc).__name__}: {exc}"}
+                log.warning("weight sync fell back to disk: %s", info["fallback_reason"])
                 named = self.export_weights()
         if info["mode"] == "disk":
             if directory is None:
                 raise ValueError("disk weight sync needs a directory")
             info.update(weight_sync.push_weights_via_disk(urls, named, version, directory))
         return {**info, "seconds": time.perf_counter() - start}
+
+    def _split_by_gpu(self, urls: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(engines on other devices: broadcast, engines on this GPU: CUDA IPC). NCCL refuses two
+        ranks on one GPU, so a colocated engine (same GPU UUID in /get_model_info) gets IPC."""
+        if self.device != "cuda":
+            return list(urls), []
+        from forge.cuda_ipc import device_uuid
+        from gateway.engines.client import SyncEngineClient
+
+        cache = self.__dict__.setdefault("_engine_uuids", {})
+        mine = device_uuid()
+        remote, local = [], []
+        for url in urls:
+            if url not in cache:
+                cache[url] = str(SyncEngineClient(url, timeout=60).get_model_info().get("device_uuid") or "")
+            (local if cache[url] == mine else remote).append(url)
+        return remote, local
 
     def weights_digest(self) -> str:
         """A checksum of the full weights (for tests: ranks must agree)."""

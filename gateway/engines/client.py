@@ -476,6 +476,27 @@ class SyncEngineClient:
             body["weight_version"] = str(weight_version)
         return self._request("POST", "/update_weights_from_distributed", body)
 
+    def update_weights_from_tensor(
+        self,
+        serialized_named_tensors: list[str],
+        load_format: str,
+        weight_version: str | None = None,
+        flush_cache: bool = True,
+        abort_all_requests: bool = False,
+    ) -> dict[str, Any]:
+        """POST /update_weights_from_tensor: one serialized bucket per entry. The built-in engine
+        takes load_format="forge_cuda_ipc" (base64 msgpack with a CUDA IPC handle, see
+        forge.cuda_ipc); it never accepts SGLang's pickled formats."""
+        body: dict[str, Any] = {
+            "serialized_named_tensors": list(serialized_named_tensors),
+            "load_format": load_format,
+            "flush_cache": flush_cache,
+            "abort_all_requests": abort_all_requests,
+        }
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        return self._request("POST", "/update_weights_from_tensor", body)
+
     def pause_generation(self, mode: str = "in_place") -> dict[str, Any]:
         return self._request("POST", "/pause_generation", {"mode": mode})
 

@@ -47,6 +47,7 @@ IO_CLASSES = [
     "InitWeightsUpdateGroupReqInput",
     "DestroyWeightsUpdateGroupReqInput",
     "UpdateWeightsFromDistributedReqInput",
+    "UpdateWeightsFromTensorReqInput",
     "UpdateWeightVersionReqInput",
     "AbortReq",
     "PauseGenerationReqInput",

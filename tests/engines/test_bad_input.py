@@ -86,6 +86,13 @@ def test_bad_generate_is_400_json(engine, raw):
         ("/abort_request", {"rid": 3}),
         ("/abort_request", {"rid": "x", "what": 1}),
         ("/destroy_weights_update_group", {"group_name": "none"}),
+        ("/update_weights_from_tensor", {"serialized_named_tensors": ["eA=="], "load_format": "direct"}),
+        ("/update_weights_from_tensor", {"serialized_named_tensors": ["eA=="]}),
+        ("/update_weights_from_tensor", {"serialized_named_tensors": [], "load_format": "forge_cuda_ipc"}),
+        (
+            "/update_weights_from_tensor",
+            {"serialized_named_tensors": ["!!"], "load_format": "forge_cuda_ipc"},
+        ),
     ],
 )
 def test_bad_control_requests_are_400(engine, path, body):

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from forge import cuda_ipc
 from gateway.engines import client as client_mod
-from gateway.engines.client import EngineClient, SyncEngineClient
+from gateway.engines.client import EngineClient, EngineRequestError, SyncEngineClient
 
 FIELDS = json.loads((Path(client_mod.__file__).with_name("sglang_fields.json")).read_text())
 
@@ -116,6 +117,9 @@ def test_every_client_request_is_sglang_shaped(engine, recording_proxy, model_di
     assert sync.init_weights_update_group("127.0.0.1", _free_port(), 0, 1, "contract", "gloo")["success"]
     assert sync.update_weights_from_distributed([], [], [], "contract", weight_version="c2")["success"]
     sync.destroy_weights_update_group("contract")
+    # colocated (CUDA IPC) sync: refused on this CPU engine, but the request is SGLang-shaped
+    with pytest.raises(EngineRequestError):
+        sync.update_weights_from_tensor([cuda_ipc.encode(_ipc_meta())], cuda_ipc.FORMAT, weight_version="c3")
     sync.flush_cache()
     sync.get_model_info()
     assert sync.health()
@@ -141,6 +145,7 @@ def test_every_client_request_is_sglang_shaped(engine, recording_proxy, model_di
         "/update_weights_from_disk",
         "/init_weights_update_group",
         "/update_weights_from_distributed",
+        "/update_weights_from_tensor",
         "/destroy_weights_update_group",
         "/flush_cache",
         "/get_model_info",
@@ -148,6 +153,25 @@ def test_every_client_request_is_sglang_shaped(engine, recording_proxy, model_di
     } <= paths
     problems = [p for r in proxy.records for p in check_request(r)]
     assert problems == []
+
+
+def _ipc_meta() -> dict:
+    return {
+        "v": cuda_ipc.VERSION,
+        "names": ["lm_head.weight"],
+        "dtypes": ["bfloat16"],
+        "shapes": [[2, 2]],
+        "offsets": [0],
+        "nbytes": 256,
+        "device_uuid": "GPU-none",
+        "handle": b"\0" * 64,
+        "storage_size_bytes": 256,
+        "storage_offset_bytes": 0,
+        "ref_counter_handle": b"",
+        "ref_counter_offset": 0,
+        "event_handle": None,
+        "event_sync_required": False,
+    }
 
 
 def _free_port() -> int:

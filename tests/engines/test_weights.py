@@ -131,3 +131,53 @@ def test_update_weights_from_gloo_group(model_dir, engine_process):
     assert client.generate(PROMPT, GREEDY).output_ids == before.output_ids
     assert client.destroy_weights_update_group()["success"] is True
     weight_sync.destroy_group(group)
+
+
+def test_stale_group_on_engine_is_replaced(model_dir, engine_process):
+    """A group left on the engine by an earlier attempt (e.g. a trainer that crashed or fell back
+    to disk) must not make the next connect wait out its rendezvous."""
+    client = engine_process
+    stale = weight_sync.connect_engines([client.base_url], "127.0.0.1", _free_port(), backend="gloo")
+    weight_sync.destroy_group(stale)  # the trainer side is gone; the engine still holds its rank
+    start = time.monotonic()
+    group = weight_sync.connect_engines(
+        [client.base_url], "127.0.0.1", _free_port(), backend="gloo", timeout_s=60
+    )
+    assert time.monotonic() - start < 20
+    new = _perturbed(model_dir, 0.1, seed=4)
+    weight_sync.push_weights([client.base_url], group, new.state_dict().items(), "11")
+    assert client.generate(PROMPT, GREEDY).output_ids == _greedy(new, PROMPT, 12)
+    weight_sync.leave_engines([client.base_url])
+    weight_sync.destroy_group(group)
+
+
+def test_engine_refusing_to_join_fails_fast():
+    """An engine that answers 400 to /init_weights_update_group: connect raises at once, not
+    after the rendezvous timeout."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"success": False, "message": "no"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    start = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="failed to join"):
+            weight_sync.connect_engines([url], "127.0.0.1", _free_port(), backend="gloo", timeout_s=60)
+        assert time.monotonic() - start < 10
+    finally:
+        server.shutdown()

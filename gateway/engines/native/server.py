@@ -234,6 +234,46 @@ async def update_weights_from_distributed(request: web.Request) -> web.Response:
     return web.json_response(await _on_core(request, run))
 
 
+async def update_weights_from_tensor(request: web.Request) -> web.Response:
+    """Colocated weight sync: each entry is a bucket shared by CUDA IPC (see forge.cuda_ipc).
+
+    SGLang's own load formats carry pickles; this engine refuses them and never unpickles."""
+    from forge import cuda_ipc
+
+    body = await read_json(request, "UpdateWeightsFromTensorReqInput", required=("serialized_named_tensors",))
+    if body.get("load_format") != cuda_ipc.FORMAT:
+        raise BadRequest(
+            f"load_format {body.get('load_format')!r} is not supported: this engine takes "
+            f"{cuda_ipc.FORMAT!r} only (SGLang's formats are pickles, which it never loads)"
+        )
+    entries = body["serialized_named_tensors"]
+    if not isinstance(entries, list) or not entries:
+        raise BadRequest("serialized_named_tensors must be a non-empty list")
+    try:
+        metas = [cuda_ipc.decode(e) for e in entries]
+    except cuda_ipc.IPCError as exc:
+        raise BadRequest(str(exc)) from exc
+    core = request.app[CORE]
+
+    def run() -> dict[str, Any]:
+        import torch
+
+        if body.get("abort_all_requests"):
+            core.abort(None, abort_all=True, message="Aborted for a weight update")
+        count = 0
+        for meta in metas:
+            try:
+                tensors = cuda_ipc.unpack_bucket(meta)
+            except cuda_ipc.IPCError as exc:
+                raise weights.WeightError(str(exc)) from exc
+            count += weights.apply(core.model, tensors)
+            del tensors
+        torch.cuda.synchronize()  # the copies are done before the trainer frees its buffer
+        return _weights_result(core, body, count)
+
+    return web.json_response(await _on_core(request, run))
+
+
 async def update_weight_version(request: web.Request) -> web.Response:
     body = await read_json(request, "UpdateWeightVersionReqInput", required=("new_version",))
     core = request.app[CORE]
@@ -271,10 +311,18 @@ async def get_model_info(request: web.Request) -> web.Response:
             "max_running_requests": core.max_running,
             "context_length": core.context_length,
             "vocab_size": core.vocab_size,
+            "device_uuid": _device_uuid(core),  # not SGLang's: lets a colocated trainer use CUDA IPC
             **core.load(),
         }
     )
     return web.json_response(info)
+
+
+def _device_uuid(core: EngineCore) -> str:
+    from forge.cuda_ipc import device_uuid
+
+    device = core.runner.device
+    return device_uuid(device.index or 0) if device.type == "cuda" else ""
 
 
 def build_app(core: EngineCore, info: dict[str, Any]) -> web.Application:
@@ -292,6 +340,7 @@ def build_app(core: EngineCore, info: dict[str, Any]) -> web.Application:
     r.add_post("/init_weights_update_group", init_weights_update_group)
     r.add_post("/destroy_weights_update_group", destroy_weights_update_group)
     r.add_post("/update_weights_from_distributed", update_weights_from_distributed)
+    r.add_post("/update_weights_from_tensor", update_weights_from_tensor)
     r.add_post("/update_weight_version", update_weight_version)
     for path in ("/health", "/health_generate", "/ready"):
         r.add_get(path, health)
