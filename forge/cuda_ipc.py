@@ -36,8 +36,13 @@ def device_uuid(device: torch.device | int | None = None) -> str:
     """The GPU's UUID as a string ("" without CUDA): the same for every process on that GPU."""
     if not torch.cuda.is_available():
         return ""
-    index = torch.cuda.current_device() if device is None else torch.device("cuda", device).index
-    return str(torch.cuda.get_device_properties(index or 0).uuid)
+    if device is None:
+        index = torch.cuda.current_device()
+    elif isinstance(device, torch.device):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    else:
+        index = int(device)
+    return str(torch.cuda.get_device_properties(index).uuid)
 
 
 @dataclass
