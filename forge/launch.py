@@ -108,6 +108,7 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
             rt.start_workers(pool, gateway_url)
 
             unacked: list[Any] = []
+            meter = EngineMeter(engine_urls)
             episodes_per_step = cfg.loop.prompts_per_step * cfg.loop.group_size
             last = started = time.perf_counter()
             budget_s = cfg.loop.max_wall_minutes * 60 or float("inf")
@@ -136,7 +137,10 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
                     sync.update(probe_engine(engine_urls[0]))
                 state.step += 1
                 now = time.perf_counter()
-                monitor.log(state.step, batch_metrics(batch, metrics, sync, pool.counts(), now - last))
+                monitor.log(
+                    state.step,
+                    {**batch_metrics(batch, metrics, sync, pool.counts(), now - last), **meter.delta()},
+                )
                 monitor.table(state.step, *feeder.sample_rows(batch, state.step))
                 last = now
                 for b in unacked:
@@ -168,6 +172,45 @@ def probe_engine(url: str) -> dict[str, Any]:
 
     out = SyncEngineClient(url, timeout=60).generate([1, 2, 3, 4], {"max_new_tokens": 4, "temperature": 0.0})
     return {"engine_weight_version": int(out.weight_version or 0), "probe_output": list(out.output_ids)}
+
+
+class EngineMeter:
+    """Engine utilisation between two reads, from the built-in engines' `forge_stats` counters
+    (SGLang servers have none: then nothing is reported)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.last = self._read()
+
+    def _read(self) -> list[dict[str, float]]:
+        from gateway.engines.client import EngineError, SyncEngineClient
+
+        stats = []
+        for url in self.urls:
+            try:
+                stats.append(SyncEngineClient(url, timeout=10).get_model_info().get("forge_stats") or {})
+            except EngineError:
+                stats.append({})
+        return stats
+
+    def delta(self) -> dict[str, float]:
+        now = self._read()
+        busy = elapsed = steps = rows = 0.0
+        for a, b in zip(self.last, now, strict=True):
+            if not a or not b:
+                continue
+            busy += b["busy_s"] - a["busy_s"]
+            elapsed += b["uptime_s"] - a["uptime_s"]
+            steps += b["decode_steps"] - a["decode_steps"]
+            rows += b["decode_rows"] - a["decode_rows"]
+        self.last = now
+        if not elapsed:
+            return {}
+        return {
+            "engine/busy_fraction": busy / elapsed,
+            "engine/mean_decode_batch": rows / steps if steps else 0.0,
+            "engine/decode_step_ms": 1000 * busy / steps if steps else 0.0,
+        }
 
 
 def checkpoint(trainer, scheduler, unacked: list, state: RunState, run_dir: Path, monitor) -> list:

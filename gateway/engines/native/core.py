@@ -61,6 +61,12 @@ class EngineCore:
         self.paused = False
         self._stopped = False
         self.steps = 0
+        # cumulative counters for utilisation metrics (read through stats())
+        self._started_at = time.monotonic()
+        self.busy_s = 0.0  # seconds spent in prefill + decode
+        self.decode_rows = 0  # sum over decode steps of the batch size
+        self.prefills = 0
+        self.prefill_rows = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="forge-engine-scheduler", daemon=True)
 
@@ -107,6 +113,17 @@ class EngineCore:
         with self._cv:
             return {"running": len(self.rows), "waiting": len(self._waiting)}
 
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters; differences between two reads give utilisation over that time."""
+        return {
+            "busy_s": self.busy_s,
+            "decode_steps": self.steps,
+            "decode_rows": self.decode_rows,
+            "prefills": self.prefills,
+            "prefill_rows": self.prefill_rows,
+            "uptime_s": time.monotonic() - self._started_at,
+        }
+
     # ---- scheduler thread -----------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -136,9 +153,11 @@ class EngineCore:
                 fut.set_exception(exc)
         if self.paused:
             return True
+        started = time.perf_counter()
         self._admit()
         if self.rows:
             self._decode()
+        self.busy_s += time.perf_counter() - started
         return True
 
     def _take_waiting(self) -> list[Req]:
@@ -177,6 +196,8 @@ class EngineCore:
             seed=[r.seed for r in batch],
         )
         tokens, logprobs = self.runner.prefill(start, [r.input_ids for r in batch], inputs)
+        self.prefills += 1
+        self.prefill_rows += len(batch)
         self.rows.extend(batch)
         self._advance(batch, tokens, logprobs)
 
@@ -193,6 +214,7 @@ class EngineCore:
         )
         tokens, logprobs = self.runner.decode(inputs)
         self.steps += 1
+        self.decode_rows += len(rows)
         self._advance(rows, tokens, logprobs)
 
     def _advance(self, rows: list[Req], tokens: list[int], logprobs: list[float]) -> None:

@@ -313,6 +313,7 @@ async def get_model_info(request: web.Request) -> web.Response:
             "vocab_size": core.vocab_size,
             "device_uuid": _device_uuid(core),  # not SGLang's: lets a colocated trainer use CUDA IPC
             **core.load(),
+            "forge_stats": core.stats(),  # not SGLang's: utilisation counters for Forge's metrics
         }
     )
     return web.json_response(info)
