@@ -69,6 +69,36 @@ def resolve_precision(cfg: TrainerConfig, device: str) -> str:
     return precision
 
 
+def _fuse_overflow_check(optimizer: Any) -> None:
+    """Replace ZeRO-1/2's per-gradient overflow scan by one fused pass.
+
+    DeepSpeed tests each gradient partition with its own amax/amin/isfinite kernels (~7 launches
+    per tensor: ~2,200 launches and ~40 ms of host time per step for a 0.6B model with 310
+    tensors). The same question, "is any gradient non-finite", is answered by the fp32 norms of
+    all of them in one multi-tensor kernel: a norm is finite iff every element is (fp32 squares
+    overflow only for elements above ~1e19). Same return value as DeepSpeed's method: a bool
+    tensor of shape [1] on the device."""
+    if not hasattr(optimizer, "has_overflow_partitioned_grads_serial") or not hasattr(
+        optimizer, "averaged_gradients"
+    ):
+        return
+
+    def has_overflow_partitioned_grads_serial() -> torch.Tensor:
+        grads = [
+            g
+            for i in range(len(optimizer.bit16_groups))
+            for g in (optimizer.averaged_gradients[i] or [])
+            if g is not None and g.numel()
+        ]
+        device = grads[0].device if grads else torch.device(str(optimizer.device))
+        if not grads:
+            return torch.zeros(1, dtype=torch.bool, device=device)
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        return (~torch.isfinite(torch.stack(norms))).any().reshape(1)
+
+    optimizer.has_overflow_partitioned_grads_serial = has_overflow_partitioned_grads_serial
+
+
 def _node_ip() -> str:
     try:
         import ray
@@ -186,6 +216,8 @@ class Trainer:
             config=deepspeed_config(cfg, self.precision, self.world, self.device),
         )
         self.model = self.engine.module
+        if cfg.zero_stage in (1, 2):
+            _fuse_overflow_check(self.engine.optimizer)
         self.step = 0
         self.skipped_steps = 0
 

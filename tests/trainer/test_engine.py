@@ -20,7 +20,7 @@ def episodes(seed=0, logprob=-10.8):
     return eps
 
 
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2])
 def test_nonfinite_loss_skips_the_step(stage):
     tr = Trainer(TrainerConfig(model="tiny", zero_stage=stage, lr=1e-2), AlgoConfig())
     before = tr.weights_digest()
@@ -32,6 +32,48 @@ def test_nonfinite_loss_skips_the_step(stage):
     ok = tr.train_step(episodes())
     assert ok["step_applied"] == 1.0 and ok["step"] == 1.0
     assert tr.weights_digest() != before
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_one_infinite_gradient_element_skips_the_step(stage):
+    """The fused overflow check (trainer.engine._fuse_overflow_check) sees a single inf among
+    millions of finite gradient elements, and lets finite steps through."""
+    tr = Trainer(TrainerConfig(model="tiny", zero_stage=stage, lr=1e-2), AlgoConfig())
+    assert "has_overflow_partitioned_grads_serial" in vars(tr.engine.optimizer), (
+        "the fused check is installed"
+    )
+    before = tr.weights_digest()
+    weight = tr.model.get_input_embeddings().weight
+    hook = weight.register_hook(
+        lambda g: g.index_put((torch.tensor([3]), torch.tensor([1])), torch.tensor(float("inf")))
+    )
+    m = tr.train_step(episodes())
+    hook.remove()
+    assert m["step_applied"] == 0.0 and m["nonfinite_loss"] == 0.0
+    assert tr.weights_digest() == before
+    assert tr.train_step(episodes())["step_applied"] == 1.0
+
+
+def test_fused_overflow_check_answers_like_deepspeed():
+    from types import SimpleNamespace
+
+    from trainer.engine import _fuse_overflow_check
+
+    grads = [torch.randn(1000), torch.randn(3, 7), torch.empty(0)]
+    opt = SimpleNamespace(
+        bit16_groups=[[0], [1]],
+        averaged_gradients={0: grads[:2], 1: [None, grads[2]]},
+        device="cpu",
+        has_overflow_partitioned_grads_serial=None,
+    )
+    _fuse_overflow_check(opt)
+    check = opt.has_overflow_partitioned_grads_serial
+    assert check().shape == (1,) and not check().item()
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        grads[1][2, 5] = bad
+        assert check().item(), bad
+    grads[1][2, 5] = 3e18
+    assert not check().item()
 
 
 def test_sample_over_budget_is_named():
