@@ -25,6 +25,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "pool": ("data_pool.bench_pool:main", "samples/s through the pool API vs redis-benchmark"),
     "engine": ("gateway.engines.bench_engine:main", "built-in engine tokens/s vs model.generate"),
     "gateway": ("gateway.bench_gateway:main", "gateway overhead over a direct engine call"),
+    "e2e": ("forge.bench_e2e:main", "forge launch end to end: trained tokens/s, time per phase (--peer trl)"),
 }
 
 
