@@ -479,11 +479,11 @@ def hermes_tool_template(tokenizer) -> None:
         tokenizer.response_schema = ctu.qwen3_schema
 
 
-def calculator(expression: str) -> str:
+def calculator(expression: str):  # no return annotation: it would add a "return" key to the schema
     """Evaluate an arithmetic expression with + - * / // % ** and parentheses.
 
     Args:
-        expression: The expression, e.g. (1234 * 56) - 789
+        expression: e.g. (1234 * 56) - 789
     """
     from agent_side.envs.calc_tool import CalcError, evaluate, format_value
 
@@ -520,7 +520,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--trl-generation", choices=["generate", "paged"], default="generate")
     p.add_argument("--trl-grad-accum", type=int, default=1, help="micro-batches per TRL step")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a Hydra override")
-    p.add_argument("--out", default=None, help="keep logs and metrics here (default: a temp dir)")
+    p.add_argument("--out", default=None, help="keep logs, metrics, results.jsonl here (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per system")
     p.add_argument("--json", action="store_true", help="one JSON object per system, then the ratio")
     p.add_argument("--combine", nargs="+", metavar="JSONL", help="print these earlier --json results + ratio")
@@ -541,46 +541,37 @@ def main(argv: list[str]) -> int:
     if args.peer_only and not args.peer:
         p.error("--peer-only needs --peer")
     model, steps, prompts, group = DEFAULTS[args.device]
-    steps = args.steps or steps
-    if steps <= args.warmup:
-        p.error(f"--steps {steps} leaves nothing after --warmup {args.warmup}")
     overrides = merge_overrides(
         COMMON,
         DEVICE_OVERRIDES[args.device],
         [
             model_override(args.model or model),
             f"seed={args.seed}",
-            f"loop.steps={steps}",
-            f"loop.checkpoint_every={steps}",
+            f"loop.steps={args.steps or steps}",
             f"loop.prompts_per_step={args.prompts_per_step or prompts}",
             f"loop.group_size={args.group_size or group}",
         ],
         args.set,
         args.overrides,
     )
+    steps_value = {_key(o): o.split("=", 1)[1] for o in overrides}["loop.steps"]
+    if not steps_value.isdigit():
+        p.error(f"loop.steps={steps_value}: expected a number")
+    steps = int(steps_value)
+    if steps <= args.warmup:
+        p.error(f"{steps} steps leave nothing after --warmup {args.warmup}")
+    # no checkpoint inside the measured steps (an explicit loop.checkpoint_every still wins)
+    overrides = merge_overrides([f"loop.checkpoint_every={steps}"], overrides)
     try:  # a wrong key or value fails here, before any run
         cfg = resolve_config([*overrides, "run_dir=unused"])
     except Exception as exc:  # Hydra's and OmegaConf's errors name the key
         print(f"forge bench e2e: bad overrides: {exc}", file=sys.stderr)
         return 2
-    steps = cfg.loop.steps
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="forge-bench-e2e-"))
     out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").unlink(missing_ok=True)
     results: list[dict[str, Any]] = []
-    try:
-        if not args.peer_only:
-            results.append(run_forge(overrides, out, args.warmup, args.timeout))
-        if args.peer == "trl":
-            spec = trl_spec(cfg, args.device, steps, args.trl_generation, args.trl_grad_accum)
-            results.append(run_trl(spec, out, args.warmup, args.timeout))
-    except (RuntimeError, ValueError) as exc:
-        print(f"forge bench e2e: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.out:
-            shutil.rmtree(out, ignore_errors=True)
-
     common = {
         "model": cfg.model.name,
         "device": args.device,
@@ -590,8 +581,25 @@ def main(argv: list[str]) -> int:
         "max_tokens": make_max_tokens(cfg),
         "algo": cfg.algo.name,
     }
-    for r in results:
-        r.update(common)
+
+    def done(result: dict[str, Any]) -> None:  # each system's line as soon as it is known
+        results.append({**result, **common})
+        with (out / "results.jsonl").open("a") as fh:
+            fh.write(json.dumps(results[-1]) + "\n")
+
+    try:
+        if not args.peer_only:
+            done(run_forge(overrides, out, args.warmup, args.timeout))
+        if args.peer == "trl":
+            spec = trl_spec(cfg, args.device, steps, args.trl_generation, args.trl_grad_accum)
+            done(run_trl(spec, out, args.warmup, args.timeout))
+    except (RuntimeError, ValueError) as exc:
+        print(f"forge bench e2e: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+
     return report(results, args.json, args.peer)
 
 

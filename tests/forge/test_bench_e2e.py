@@ -172,6 +172,14 @@ def test_trl_reads_back_a_tool_call_in_forges_template():
     assert bench_e2e.calculator("1 / 0").startswith("error")
 
 
+def test_trl_sees_the_tool_schema_forges_calculator_offers():
+    from transformers.utils import get_json_schema
+
+    from agent_side.envs.calculator import CALCULATOR_TOOL
+
+    assert get_json_schema(bench_e2e.calculator) == CALCULATOR_TOOL  # so both prompts render alike
+
+
 def test_combine_reports_forge_over_trl(tmp_path, capsys):
     forge = {"system": "forge", "trained_tokens_per_s": 900.0, "step_s": 2.0}
     trl = {"system": "trl", "trained_tokens_per_s": 250.0, "step_s": 6.0, "tools": True}
@@ -181,3 +189,28 @@ def test_combine_reports_forge_over_trl(tmp_path, capsys):
     ratio = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
     assert ratio["system"] == "ratio" and ratio["trained_tokens_per_s"] == pytest.approx(3.6)
     assert ratio["step_s"] == pytest.approx(3.0) and ratio["met"] is True
+
+
+@pytest.mark.skipif(not HAS_TRL, reason=NO_TRL)
+def test_trl_prompt_tokens_are_the_ones_forges_gateway_renders():
+    from transformers import AutoTokenizer
+
+    from agent_side.envs.calculator import CALCULATOR_TOOL, Calculator, CalculatorConfig
+    from agent_side.tasks import make_tasks
+    from forge.models import materialize
+    from gateway.messages import Message
+    from gateway.templates import ChatRenderer
+
+    task = make_tasks("calculator", 1, seed=0)[0]
+    messages = Calculator(CalculatorConfig(), task).reset()
+    tok = AutoTokenizer.from_pretrained(materialize("tiny"))
+    renderer = ChatRenderer(tok)
+    template = renderer.template_name(conv_tools=True)
+    text = renderer.render([Message(**m) for m in messages], [CALCULATOR_TOOL], True, template)
+    forge_ids = renderer.encode(text)
+
+    bench_e2e.hermes_tool_template(tok)
+    trl_ids = tok.apply_chat_template(
+        messages, tools=[bench_e2e.calculator], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert template == "hermes" and trl_ids == forge_ids
