@@ -195,21 +195,23 @@ class EngineMeter:
 
     def delta(self) -> dict[str, float]:
         now = self._read()
-        busy = elapsed = steps = rows = 0.0
+        keys = ("busy_s", "uptime_s", "decode_steps", "decode_rows", "prefills", "prefill_rows", "prefill_s")
+        d = dict.fromkeys(keys, 0.0)
         for a, b in zip(self.last, now, strict=True):
-            if not a or not b:
-                continue
-            busy += b["busy_s"] - a["busy_s"]
-            elapsed += b["uptime_s"] - a["uptime_s"]
-            steps += b["decode_steps"] - a["decode_steps"]
-            rows += b["decode_rows"] - a["decode_rows"]
+            if a and b:
+                for k in keys:
+                    d[k] += b.get(k, 0.0) - a.get(k, 0.0)
         self.last = now
-        if not elapsed:
+        if not d["uptime_s"]:
             return {}
         return {
-            "engine/busy_fraction": busy / elapsed,
-            "engine/mean_decode_batch": rows / steps if steps else 0.0,
-            "engine/decode_step_ms": 1000 * busy / steps if steps else 0.0,
+            "engine/busy_fraction": d["busy_s"] / d["uptime_s"],
+            "engine/prefill_share": d["prefill_s"] / d["busy_s"] if d["busy_s"] else 0.0,
+            "engine/mean_decode_batch": d["decode_rows"] / d["decode_steps"] if d["decode_steps"] else 0.0,
+            "engine/mean_prefill_batch": d["prefill_rows"] / d["prefills"] if d["prefills"] else 0.0,
+            "engine/decode_step_ms": (
+                1000 * (d["busy_s"] - d["prefill_s"]) / d["decode_steps"] if d["decode_steps"] else 0.0
+            ),
         }
 
 

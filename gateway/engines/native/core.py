@@ -67,6 +67,7 @@ class EngineCore:
         self.decode_rows = 0  # sum over decode steps of the batch size
         self.prefills = 0
         self.prefill_rows = 0
+        self.prefill_s = 0.0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="forge-engine-scheduler", daemon=True)
 
@@ -121,6 +122,7 @@ class EngineCore:
             "decode_rows": self.decode_rows,
             "prefills": self.prefills,
             "prefill_rows": self.prefill_rows,
+            "prefill_s": self.prefill_s,
             "uptime_s": time.monotonic() - self._started_at,
         }
 
@@ -195,7 +197,9 @@ class EngineCore:
             min_p=[r.min_p for r in batch],
             seed=[r.seed for r in batch],
         )
+        started = time.perf_counter()
         tokens, logprobs = self.runner.prefill(start, [r.input_ids for r in batch], inputs)
+        self.prefill_s += time.perf_counter() - started
         self.prefills += 1
         self.prefill_rows += len(batch)
         self.rows.extend(batch)
