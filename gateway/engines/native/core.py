@@ -43,6 +43,8 @@ class EngineCore:
         weight_version: str = "0",
         max_prefill_tokens: int = 8192,
         pad_to_buckets: bool | None = None,
+        prefill_batch: int = 16,
+        prefill_delay_steps: int = 12,
     ) -> None:
         self.runner = ModelRunner(model, max_running, context_length, use_cuda_graph, pad_to_buckets)
         self.model = model
@@ -50,6 +52,12 @@ class EngineCore:
         self.eos_token_ids = set(eos_token_ids)
         self.weight_version = str(weight_version)
         self.max_prefill_tokens = max_prefill_tokens
+        # while rows decode, new requests wait until `prefill_batch` of them (or all free slots)
+        # are queued, or the oldest has waited `prefill_delay_steps` decode steps: a prefill is a
+        # whole eager forward pass, as costly as several graph-replayed decode steps, whether it
+        # holds one prompt or sixteen
+        self.prefill_batch = max(1, prefill_batch)
+        self.prefill_delay_steps = max(0, prefill_delay_steps)
         self.context_length = context_length
         self.max_running = max_running
         self.rows: list[Req] = []  # active requests; rows[i] lives in slot i
@@ -96,6 +104,7 @@ class EngineCore:
                 raise BadRequest(f"a request with rid {req.rid!r} is already running")
             self._rids.add(req.rid)
             self._done[req.rid] = on_done
+            req.queued_step = self.steps
             self._waiting.append(req)
             self._cv.notify_all()
 
@@ -166,6 +175,11 @@ class EngineCore:
         batch: list[Req] = []
         with self._cv:
             free = self.max_running - len(self.rows)
+            if self.rows and self._waiting:
+                enough = len(self._waiting) >= min(free, self.prefill_batch)
+                waited = self.steps - self._waiting[0].queued_step >= self.prefill_delay_steps
+                if not (enough or waited):
+                    return batch
             longest = 0
             while self._waiting and len(batch) < free:
                 req = self._waiting[0]

@@ -37,6 +37,8 @@ class EngineConfig:
     kv_cache_gb: float | None = None  # default: 2 GiB on CPU, half the free GPU memory on CUDA
     seed: int = 0
     pad_to_buckets: bool | None = None  # None: as CUDA graphs; True on CPU runs graph shapes eagerly
+    prefill_batch: int = 16  # while others decode, admit new requests in groups of this many...
+    prefill_delay_steps: int = 12  # ...or once the oldest has waited this many decode steps
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
@@ -101,6 +103,8 @@ def build_core(
         weight_version=cfg.weight_version,
         max_prefill_tokens=cfg.max_prefill_tokens or (16384 if on_cuda else 2048),
         pad_to_buckets=cfg.pad_to_buckets,
+        prefill_batch=cfg.prefill_batch,
+        prefill_delay_steps=cfg.prefill_delay_steps,
     )
     info = {
         "model_path": path,

@@ -111,6 +111,7 @@ class Req:
     output_logprobs: list[float] = field(default_factory=list)
     finish_reason: dict[str, Any] | None = None
     slot: int = -1
+    queued_step: int = 0  # the engine's decode-step count when it was queued
 
     @property
     def position(self) -> int:
