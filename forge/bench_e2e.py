@@ -68,10 +68,12 @@ DEVICE_OVERRIDES = {
         "trainer.device=cuda",
         "engine.num_gpus=0.5",
         "loop.trainer_num_gpus=0.5",
-        "engine.kv_cache_gb=8",
-        "engine.max_running_requests=64",
-        "loop.worker_concurrency=64",
-        "pool.max_in_flight=128",
+        # two steps' episodes in flight (Forge's asynchrony; the windowed FIFO bounds their lag):
+        # the engine decodes up to 128 requests at once, TRL's generate the step's 64
+        "engine.kv_cache_gb=10",
+        "engine.max_running_requests=128",
+        "loop.worker_concurrency=128",
+        "pool.max_in_flight=192",
         "trainer.micro_batch_tokens=32768",
         "trainer.gradient_checkpointing=false",
     ],

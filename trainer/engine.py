@@ -199,6 +199,13 @@ class Trainer:
         if model is None:
             model = build_model(cfg.model, dtype=torch.float32, seed=cfg.seed)
         model.set_attn_implementation(model_attn_implementation(self.kernel))
+        if self.kernel == "flex":
+            # transformers compiles flex_attention once, static in the sequence length; the first
+            # batch of a new length then recompiles it (~10 s on an H100, mid-run). Packed lengths
+            # change every step, so compile for dynamic shapes from the start.
+            from torch._dynamo import config as dynamo_config
+
+            dynamo_config.assume_static_by_default = False
         model.config.use_cache = False
         if cfg.gradient_checkpointing:
             # transformers >= 5.23 renamed it; the GPU image's 5.17 has only the old name
