@@ -66,6 +66,18 @@ class TrainerActor:
         return getattr(self.trainer, method)(*args, **kwargs)
 
 
+def get_all(refs: list[Any]) -> list[Any]:
+    """`ray.get` of every rank's result, raising the first failure as soon as it happens.
+
+    A plain `ray.get(refs)` waits for rank 0 first; when rank 1 fails, rank 0 blocks forever
+    in a collective (the rendezvous, an all-reduce) and so would the driver."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done[0])
+    return ray.get(list(refs))
+
+
 class TrainerGroup:
     """N trainer ranks as Ray actors with a correct torch.distributed rendezvous."""
 
@@ -83,26 +95,30 @@ class TrainerGroup:
         addr, port = ray.get(probe.address.remote())
         ray.kill(probe)
         self.actors = [remote.remote(r, world_size, addr, port) for r in range(world_size)]
-        ray.get([a.setup.remote(cfg, algo, torch_threads) for a in self.actors])
+        try:
+            get_all([a.setup.remote(cfg, algo, torch_threads) for a in self.actors])
+        except Exception:
+            self.shutdown()
+            raise
 
     def train_step(self, episodes: Sequence[Episode]) -> dict[str, float]:
         records = ray.put([encode(e) for e in episodes])
-        return ray.get([a.train_step.remote(records) for a in self.actors])[0]
+        return get_all([a.train_step.remote(records) for a in self.actors])[0]
 
     def save_checkpoint(self, directory: str, tag: str | None = None) -> str:
-        return ray.get([a.save_checkpoint.remote(directory, tag) for a in self.actors])[0]
+        return get_all([a.save_checkpoint.remote(directory, tag) for a in self.actors])[0]
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> int:
-        return ray.get([a.load_checkpoint.remote(directory, tag) for a in self.actors])[0]
+        return get_all([a.load_checkpoint.remote(directory, tag) for a in self.actors])[0]
 
     def sync_weights(self, urls: list[str], version: int, mode: str, directory: str) -> dict[str, Any]:
         return self.call("sync_weights", urls, version, mode, directory)[0]
 
     def weights_digests(self) -> list[str]:
-        return ray.get([a.weights_digest.remote() for a in self.actors])
+        return get_all([a.weights_digest.remote() for a in self.actors])
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        return ray.get([a.call.remote(method, *args, **kwargs) for a in self.actors])
+        return get_all([a.call.remote(method, *args, **kwargs) for a in self.actors])
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -47,3 +47,22 @@ def test_zero2_two_ranks_step_identically_and_resume_exactly(ray_local, tmp_path
         assert group.weights_digests() == digest2
     finally:
         group.shutdown()
+
+
+def test_a_failing_rank_is_reported_while_another_still_blocks(ray_local):
+    """Rank 1 fails while rank 0 would wait forever in a collective: the group raises at once."""
+    import time
+
+    from trainer.actor import get_all
+
+    @ray.remote(num_cpus=0)
+    def rank(r: int) -> int:
+        if r == 1:
+            raise RuntimeError("rank 1: invalid device ordinal")
+        time.sleep(600)  # rank 0, stuck in the rendezvous
+        return r
+
+    start = time.monotonic()
+    with pytest.raises(ray.exceptions.RayTaskError, match="invalid device ordinal"):
+        get_all([rank.remote(0), rank.remote(1)])
+    assert time.monotonic() - start < 60
