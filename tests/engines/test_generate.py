@@ -245,31 +245,42 @@ def test_client_disconnect_frees_the_slot(engine):
     assert steps_after_cancel < 100, "the request was aborted, not run to its 240 tokens"
 
 
-def test_late_requests_share_one_prefill(model_dir, greedy):
-    """While a request decodes, late arrivals are held until `prefill_batch` of them are queued
-    (here 3, with no time limit), then prefilled together; each still decodes as if alone."""
+ADMIT_SP = {"temperature": 0.0, "ignore_eos": True}
+
+
+def _admission_engine(model_dir, prefill_batch: int, prefill_delay_steps: int):
     from gateway.engines.native import start_engine_in_thread
 
-    late = [(PROMPTS[0], 6), (PROMPTS[1], 6), (PROMPTS[2], 6)]
-    sp = {"temperature": 0.0, "ignore_eos": True}
-    with start_engine_in_thread(
+    return start_engine_in_thread(
         str(model_dir),
         device="cpu",
         max_running_requests=8,
         context_length=256,
-        prefill_batch=3,
-        prefill_delay_steps=10_000,
-    ) as eng:
+        prefill_batch=prefill_batch,
+        prefill_delay_steps=prefill_delay_steps,
+    )
+
+
+async def _long_request_decoding(client: EngineClient, eng) -> asyncio.Task:
+    long = asyncio.create_task(client.generate(PROMPTS[3], {**ADMIT_SP, "max_new_tokens": 200}))
+    while eng.core.load()["running"] == 0:
+        await asyncio.sleep(0.005)
+    return long
+
+
+def test_late_requests_share_one_prefill(model_dir, greedy):
+    """While a request decodes, late arrivals are held until `prefill_batch` of them are queued
+    (here 3, with no time limit), then prefilled together; each still decodes as if alone."""
+    late = [(PROMPTS[0], 6), (PROMPTS[1], 6), (PROMPTS[2], 6)]
+    with _admission_engine(model_dir, prefill_batch=3, prefill_delay_steps=10_000) as eng:
 
         async def run() -> list:
             client = EngineClient(eng.url)
-            long = asyncio.create_task(client.generate(PROMPTS[3], {**sp, "max_new_tokens": 200}))
-            while eng.core.load()["running"] == 0:
-                await asyncio.sleep(0.005)
+            long = await _long_request_decoding(client, eng)
             prefills = eng.core.prefills
             tasks = []
             for i, (p, n) in enumerate(late):
-                tasks.append(asyncio.create_task(client.generate(p, {**sp, "max_new_tokens": n})))
+                tasks.append(asyncio.create_task(client.generate(p, {**ADMIT_SP, "max_new_tokens": n})))
                 if i < 2:  # the first two are still held back after a few decode steps
                     steps = eng.core.steps
                     while eng.core.steps < steps + 3:
@@ -287,25 +298,13 @@ def test_late_requests_share_one_prefill(model_dir, greedy):
 
 
 def test_a_lone_late_request_waits_at_most_the_delay(model_dir):
-    from gateway.engines.native import start_engine_in_thread
-
-    sp = {"temperature": 0.0, "ignore_eos": True}
-    with start_engine_in_thread(
-        str(model_dir),
-        device="cpu",
-        max_running_requests=8,
-        context_length=256,
-        prefill_batch=8,
-        prefill_delay_steps=4,
-    ) as eng:
+    with _admission_engine(model_dir, prefill_batch=8, prefill_delay_steps=4) as eng:
 
         async def run() -> None:
             client = EngineClient(eng.url)
-            long = asyncio.create_task(client.generate(PROMPTS[3], {**sp, "max_new_tokens": 200}))
-            while eng.core.load()["running"] == 0:
-                await asyncio.sleep(0.005)
+            long = await _long_request_decoding(client, eng)
             queued = eng.core.steps
-            lone = await client.generate(PROMPTS[0], {**sp, "max_new_tokens": 4})
+            lone = await client.generate(PROMPTS[0], {**ADMIT_SP, "max_new_tokens": 4})
             assert len(lone.output_ids) == 4
             assert eng.core.load()["running"] == 1, "the lone request finished while the long one decodes"
             assert eng.core.steps - queued <= 4 + 4 + 2  # its delay, its own 4 tokens, and slack
