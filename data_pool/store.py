@@ -264,40 +264,45 @@ class DataPool:
     def _append(self, items: list[tuple[str, str, int, bytes]]) -> None:
         """RPUSH the records to their tasks' lists and check them with the append script, in one
         MULTI/EXEC: atomic, and the payloads never pass through Lua, so this runs near raw RPUSH
-        speed. Records the script rejects are removed again within the same transaction."""
+        speed. Records the script rejects are removed again within the same transaction.
+        (`data_pool.aio.AsyncAppender` sends the same transaction from an event loop.)"""
         if not items:
             return
-        groups: dict[str, list[tuple[str, int, bytes]]] = {}
-        for tid, sid, wv, rec in items:
-            groups.setdefault(tid, []).append((sid, wv, rec))
-        args: list[Any] = [self.p, len(groups)]
+        groups = append_groups(items)
         for retry in (False, True):
             pipe = self.client.pipeline(transaction=True)
-            for tid, recs in groups.items():
-                pipe.rpush(self._key("s", tid), *(rec for *_, rec in recs))
-                if not retry:
-                    args += [tid, len(recs)]
-                    for sid, wv, _ in recs:
-                        args += [sid, wv]
+            for key, recs in self.append_pushes(groups):
+                pipe.rpush(key, *recs)
             # plain EVALSHA: a Script object would make the pipeline ask SCRIPT EXISTS every time
-            pipe.evalsha(self.scripts.append.sha, 0, *args)
+            pipe.evalsha(self.scripts.append.sha, 0, *self.append_args(groups))
             results = self._call(pipe.execute, raise_on_error=False)
-            last = results[-1]
-            if isinstance(last, redis.exceptions.NoScriptError) and not retry:
+            if isinstance(results[-1], redis.exceptions.NoScriptError) and not retry:
                 # the server restarted or flushed its scripts: undo the pushes, load, redo
                 undo = self.client.pipeline(transaction=True)
-                for tid, recs in groups.items():
-                    undo.ltrim(self._key("s", tid), 0, -(len(recs) + 1))
+                for key, n in self.append_undo(groups):
+                    undo.ltrim(key, 0, -(n + 1))
                 self._call(undo.execute)
                 self.scripts.load(self.client)
                 continue
             break
-        for r in results:
-            if isinstance(r, redis.ResponseError):
-                raise translate(r)
-        for r in results[-1]:
-            if isinstance(r, bytes):
-                raise translate(redis.ResponseError(r.decode()))
+        check_append(results)
+
+    def append_pushes(self, groups: dict[str, list[tuple[str, int, bytes]]]) -> list[tuple[str, list[bytes]]]:
+        """The RPUSHes of one append transaction: (list key, records)."""
+        return [(self._key("s", tid), [rec for *_, rec in recs]) for tid, recs in groups.items()]
+
+    def append_args(self, groups: dict[str, list[tuple[str, int, bytes]]]) -> list[Any]:
+        """ARGV of the append script (lua/append.lua) for one transaction."""
+        args: list[Any] = [self.p, len(groups)]
+        for tid, recs in groups.items():
+            args += [tid, len(recs)]
+            for sid, wv, _ in recs:
+                args += [sid, wv]
+        return args
+
+    def append_undo(self, groups: dict[str, list[tuple[str, int, bytes]]]) -> list[tuple[str, int]]:
+        """(list key, records pushed) to LTRIM off again when the script was missing (NOSCRIPT)."""
+        return [(self._key("s", tid), len(recs)) for tid, recs in groups.items()]
 
     def append_sample_bytes(self, raw: bytes) -> None:
         """Record an already-encoded Sample (e.g. from a non-Python producer). A malformed or
@@ -449,6 +454,25 @@ def _task_id_of(raw: bytes) -> str | None:
         return tid if isinstance(tid, str) and tid else None
     except Exception:
         return None
+
+
+def append_groups(items: list[tuple[str, str, int, bytes]]) -> dict[str, list[tuple[str, int, bytes]]]:
+    """(task id, session id, weight version, record) items grouped by task, call order kept."""
+    groups: dict[str, list[tuple[str, int, bytes]]] = {}
+    for tid, sid, wv, rec in items:
+        groups.setdefault(tid, []).append((sid, wv, rec))
+    return groups
+
+
+def check_append(results: list[Any]) -> None:
+    """Raise the first error of an append transaction's results (RPUSH replies, then the script's
+    reply: one entry per sample, 1 or "CODE message"); errors as redis.ResponseError instances."""
+    for r in results:
+        if isinstance(r, redis.ResponseError):
+            raise translate(r)
+    for r in results[-1]:
+        if isinstance(r, bytes):
+            raise translate(redis.ResponseError(r.decode()))
 
 
 def _reconnect(cfg: PoolConfig) -> DataPool:

@@ -509,6 +509,7 @@ class Gateway:
         return result
 
     async def aclose(self) -> None:
+        await self.sessions.aclose()
         await self.router.aclose()
 
 

@@ -3,7 +3,9 @@
 With a data pool, opening a session binds it to the task's current attempt
 (`DataPool.open_session`), every model call is recorded with `append_samples` before the answer
 is returned, and reward / finish go to the pool. Without one (a bare gateway, tests of the API
-alone) samples are kept in memory. Pool calls are blocking Redis calls, run in threads.
+alone) samples are kept in memory. The append (on every call's critical path) goes through
+`data_pool.aio.AsyncAppender` on the gateway's event loop; the other pool calls are blocking
+Redis calls, run in threads.
 
 A session unused for `idle_timeout_s` is forgotten (its samples stay in the pool).
 """
@@ -76,6 +78,8 @@ class SessionStore:
         self.idle_timeout_s = idle_timeout_s
         self.sessions: dict[str, Session] = {}
         self._last_sweep = time.monotonic()
+        self._appender: Any = None  # data_pool.aio.AsyncAppender, made on first use (on the loop)
+        self._appender_loop: asyncio.AbstractEventLoop | None = None
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -122,9 +126,30 @@ class SessionStore:
             session.samples.extend(samples)
             return
         try:
-            await asyncio.to_thread(self.pool.append_samples, samples)
+            appender = self._get_appender()
+            if appender is None:
+                await asyncio.to_thread(self.pool.append_samples, samples)
+            else:
+                await appender.append_samples(samples)
         except Exception as exc:
             raise _pool_error(exc, f"cannot record the call in session {session.id!r}") from exc
+
+    def _get_appender(self) -> Any:
+        """The event loop's own connection for appends, when the pool's URL allows one (not TLS)."""
+        from data_pool import DataPool
+        from data_pool.aio import AsyncAppender
+
+        loop = asyncio.get_running_loop()
+        if self._appender is None or self._appender_loop is not loop:
+            if not isinstance(self.pool, DataPool) or not AsyncAppender.supported(self.pool):
+                return None
+            self._appender, self._appender_loop = AsyncAppender(self.pool), loop
+        return self._appender
+
+    async def aclose(self) -> None:
+        if self._appender is not None:
+            await self._appender.aclose()
+            self._appender = None
 
     async def reward(self, session: Session, reward: float, step_rewards: Any, metrics: Any) -> None:
         if self.pool is None:
