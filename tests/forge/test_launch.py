@@ -107,3 +107,22 @@ def test_ctrl_c_drains_checkpoints_and_leaves_nothing_running(tmp_path):
     state = json.loads((run_dir / "state.json").read_text())
     assert state["step"] >= 1 and (run_dir / "checkpoints" / state["checkpoint"]).is_dir()
     assert leftovers(run_dir) == []
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_one_run_per_job(tmp_path):
+    """`forge launch -m … algo=cispo,grpo` (Hydra's basic launcher): each job is a whole run in its
+    own directory, with its own config, one trained step, and nothing left running."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [*FORGE, "-m", "model=tiny", "loop.steps=1", "loop.prompts_per_step=2", "loop.group_size=2"]
+    cmd += ["env.eval_prompts=0", "logger=none", "logger.console=false", "loop.max_wall_minutes=0"]
+    cmd += [f"hydra.sweep.dir={sweep}", "algo=cispo,grpo"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    for job, algo in (("0", "cispo"), ("1", "grpo")):
+        run_dir = sweep / job
+        assert json.loads((run_dir / "summary.json").read_text())["steps"] == 1
+        assert f"algo={algo}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+        assert [r["step"] for r in metrics(run_dir)] == [1]
+        assert leftovers(run_dir) == []
