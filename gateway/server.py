@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ from gateway.schemas import (
     SetReward,
 )
 from gateway.service import Gateway
+from gateway.serving import ServedApp, serve_in_thread, start_runner
 from gateway.sessions import Session
 
 log = logging.getLogger("forge.gateway")
@@ -338,15 +338,10 @@ class GatewayHandle:
 
     url: str
     gateway: Gateway
-    _loop: asyncio.AbstractEventLoop
-    _thread: threading.Thread
-    _runner: web.AppRunner
+    _served: ServedApp
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
+        self._served.stop()
 
     def __enter__(self) -> GatewayHandle:
         return self
@@ -356,37 +351,13 @@ class GatewayHandle:
 
 
 async def start_site(gw: Gateway, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_app(gw), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return await start_runner(build_app(gw), host, port, backlog=1024)
 
 
 def start_gateway_in_thread(cfg: GatewayConfig, pool: Any = None, tokenizer: Any = None) -> GatewayHandle:
     """Build a Gateway (engines from cfg.engine_urls, samples into `pool` if given) and serve it on
     its own thread and event loop; returns once it listens."""
     gw = Gateway(cfg, tokenizer=tokenizer, pool=pool)
-    loop = asyncio.new_event_loop()
-    started: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            started["runner"], started["port"] = loop.run_until_complete(start_site(gw, cfg.host, cfg.port))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            started["error"] = exc
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, name="forge-gateway", daemon=True)
-    thread.start()
-    ready.wait()
-    if "error" in started:
-        raise started["error"]
+    served = serve_in_thread(lambda: build_app(gw), cfg.host, cfg.port, name="forge-gateway", backlog=1024)
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    return GatewayHandle(f"http://{host}:{started['port']}", gw, loop, thread, started["runner"])
+    return GatewayHandle(f"http://{host}:{served.port}", gw, served)

@@ -8,9 +8,7 @@ python -m gateway.engines.native --model PATH --host 127.0.0.1 --port 30000 [--d
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,18 +154,10 @@ class EngineHandle:
 
     url: str
     core: EngineCore
-    _loop: asyncio.AbstractEventLoop
-    _thread: threading.Thread
-    _runner: Any
+    _served: Any  # gateway.serving.ServedApp
 
     def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
+        self._served.stop()
         self.core.stop()
 
     def __enter__(self) -> EngineHandle:
@@ -181,45 +171,16 @@ def serve_core(
     core: EngineCore, info: dict[str, Any], host: str = "127.0.0.1", port: int = 0
 ) -> EngineHandle:
     """Start `core` and an HTTP server for it on a thread of its own; returns once it listens."""
-    from aiohttp import web
-
     from gateway.engines.native.server import build_app
+    from gateway.serving import serve_in_thread
 
     core.start()
-    loop = asyncio.new_event_loop()
-    started: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            app = build_app(core, info)
-            try:  # cancel a handler whose client went away (frees its slot); aiohttp >= 3.9
-                runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-            except TypeError:
-                runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, host, port)
-            loop.run_until_complete(site.start())
-            sock = site._server.sockets[0]  # type: ignore[union-attr]
-            started["port"] = sock.getsockname()[1]
-            started["runner"] = runner
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            started["error"] = exc
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, name="forge-engine-http", daemon=True)
-    thread.start()
-    ready.wait()
-    if "error" in started:
+    try:
+        served = serve_in_thread(lambda: build_app(core, info), host, port, name="forge-engine-http")
+    except BaseException:
         core.stop()
-        raise started["error"]
-    url = f"http://{host}:{started['port']}"
-    return EngineHandle(url=url, core=core, _loop=loop, _thread=thread, _runner=started["runner"])
+        raise
+    return EngineHandle(url=f"http://{host}:{served.port}", core=core, _served=served)
 
 
 def start_engine_in_thread(
