@@ -6,10 +6,23 @@
 - `make_pool(**PoolConfig overrides)` (per test): more pools on the same flushed database, e.g.
   `make_pool(max_in_flight=4, window=2)`; all are closed after the test.
 
+Gateway and engines (shared by tests/gateway and tests/agent_side):
+
+- `random_model_dir` (session): a tiny random qwen3 model (initializer_range 0.2: greedy
+  continuations vary).
+- `start_engine(model_dir, context)` (session): the built-in engine in-process on CPU, one per
+  (model, context), stopped at the end of the session.
+- `make_gateway(engines, model_dir, pool=None, **GatewayConfig fields)` (per test): a gateway on a
+  thread of its own; `engines` is an engine handle, a URL, or a list of those.
+
 data_pool is imported inside the fixtures so a broken data pool cannot break unrelated tests.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +60,48 @@ def make_pool(redis_server):
 @pytest.fixture
 def pool(make_pool):
     return make_pool()
+
+
+@pytest.fixture(scope="session")
+def random_model_dir() -> Path:
+    from forge.models import tiny_model_dir
+
+    # initializer_range 0.2: greedy continuations vary (the default repeats one token)
+    return tiny_model_dir("qwen3", initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def start_engine() -> Iterator[Callable[[Path, int], Any]]:
+    from gateway.engines.native import start_engine_in_thread
+
+    engines: dict[tuple[str, int], Any] = {}
+
+    def start(model_dir: Path, context: int) -> Any:
+        key = (str(model_dir), context)
+        if key not in engines:
+            engines[key] = start_engine_in_thread(
+                str(model_dir), device="cpu", max_running_requests=16, context_length=context
+            )
+        return engines[key]
+
+    yield start
+    for handle in engines.values():
+        handle.stop()
+
+
+@pytest.fixture
+def make_gateway() -> Iterator[Callable[..., Any]]:
+    from gateway import GatewayConfig, start_gateway_in_thread
+
+    handles: list[Any] = []
+
+    def make(engines: Any, model_dir: Path, pool: Any = None, **cfg: Any) -> Any:
+        engines = engines if isinstance(engines, list | tuple) else [engines]
+        urls = [e if isinstance(e, str) else e.url for e in engines]
+        config = GatewayConfig(engine_urls=urls, model=str(model_dir), **cfg)
+        handles.append(start_gateway_in_thread(config, pool=pool))
+        return handles[-1]
+
+    yield make
+    for h in handles:
+        h.stop()

@@ -31,24 +31,9 @@ def calc_case() -> tuple[str, str]:
     return CALC_EXPR, CALC_ANSWER
 
 
-def _engine(path: Path) -> Any:
-    from gateway.engines.native import start_engine_in_thread
-
-    return start_engine_in_thread(str(path), device="cpu", max_running_requests=16, context_length=CONTEXT)
-
-
 @pytest.fixture(scope="session")
-def random_model_dir() -> Path:
-    from forge.models import tiny_model_dir
-
-    return tiny_model_dir("qwen3", initializer_range=0.2)  # the gateway tests' model: shared cache
-
-
-@pytest.fixture(scope="session")
-def random_engine(random_model_dir: Path) -> Iterator[Any]:
-    handle = _engine(random_model_dir)
-    yield handle
-    handle.stop()
+def random_engine(start_engine, random_model_dir: Path) -> Any:
+    return start_engine(random_model_dir, CONTEXT)
 
 
 @pytest.fixture(scope="session")
@@ -66,34 +51,13 @@ def answer_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tool_engine(tool_model_dir: Path) -> Iterator[Any]:
-    handle = _engine(tool_model_dir)
-    yield handle
-    handle.stop()
+def tool_engine(start_engine, tool_model_dir: Path) -> Any:
+    return start_engine(tool_model_dir, CONTEXT)
 
 
 @pytest.fixture(scope="session")
-def answer_engine(answer_model_dir: Path) -> Iterator[Any]:
-    handle = _engine(answer_model_dir)
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture
-def make_gateway() -> Iterator[Callable[..., Any]]:
-    """make_gateway(engine, model_dir, pool=None, **GatewayConfig fields) → a started gateway."""
-    from gateway import GatewayConfig, start_gateway_in_thread
-
-    handles: list[Any] = []
-
-    def make(engine: Any, model_dir: Path, pool: Any = None, **cfg: Any) -> Any:
-        config = GatewayConfig(engine_urls=[engine.url], model=str(model_dir), **cfg)
-        handles.append(start_gateway_in_thread(config, pool=pool))
-        return handles[-1]
-
-    yield make
-    for h in handles:
-        h.stop()
+def answer_engine(start_engine, answer_model_dir: Path) -> Any:
+    return start_engine(answer_model_dir, CONTEXT)
 
 
 @pytest.fixture(scope="module")
