@@ -175,6 +175,7 @@ class EnvWorker:
             spec = get_env(task.env)
         except KeyError as exc:
             return await self._fail(task, str(exc))
+        started = time.monotonic()
         beat = asyncio.create_task(self._heartbeat(task))
         episode = asyncio.create_task(self._episode(task, spec))
         try:
@@ -198,6 +199,8 @@ class EnvWorker:
                     child.cancel()
                     with contextlib.suppress(BaseException):
                         await child
+        # the episode's wall time in this worker (lease → done), for the rollout timing metrics
+        outcome.metrics = {**outcome.metrics, "episode_s": time.monotonic() - started}
         return await self._submit(task, session_id, outcome)
 
     async def _episode(self, task: Task, spec: Any) -> tuple[str, EpisodeOutcome]:

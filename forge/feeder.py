@@ -85,6 +85,7 @@ def batch_metrics(
     }
     if acc:
         out["accuracy/mean"] = sum(acc) / len(acc)
+    out.update(rollout_timings(eps))
     for k, v in train.items():
         key = k.replace("time_", "").removesuffix("_s") + "_s" if k.startswith("time_") else k
         out[("time/" if k.startswith("time_") else "train/") + key] = v
@@ -98,6 +99,24 @@ def batch_metrics(
         out["sync/engine_weight_version"] = sync.get("engine_weight_version", -1)
         out["sync/probe_output"] = " ".join(map(str, sync.get("probe_output", [])))
     return out
+
+
+def rollout_timings(eps) -> dict[str, float]:
+    """Where an episode's wall time goes: in the engine call (gateway → engine → gateway), in the
+    gateway's rendering, or elsewhere (worker, env, pool, HTTP to the gateway)."""
+    timed = [e for e in eps if "episode_s" in e.metrics]
+    if not timed:
+        return {}
+    episode = sum(e.metrics["episode_s"] for e in timed)
+    engine = sum(s.timings.get("engine_s", 0.0) for e in timed for s in e.samples)
+    render = sum(s.timings.get("render_s", 0.0) for e in timed for s in e.samples)
+    n = len(timed)
+    return {
+        "rollout/episode_s": episode / n,
+        "rollout/engine_call_s": engine / n,
+        "rollout/render_s": render / n,
+        "rollout/engine_call_share": engine / episode if episode else 0.0,
+    }
 
 
 def evaluate_accuracy(cfg: ForgeConfig, gateway_url: str) -> float:

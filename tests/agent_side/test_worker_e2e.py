@@ -48,7 +48,8 @@ def test_multi_turn_episodes_carry_aligned_step_rewards(
     assert sorted(e.task.id for e in consumer.episodes) == [t.id for t in tasks]
     for ep in consumer.episodes:
         assert [s.turn for s in ep.samples] == [0, 1, 2] and len({s.session_id for s in ep.samples}) == 1
-        assert ep.reward == 1.0 and ep.metrics == {"turns": 3.0}
+        assert ep.reward == 1.0 and ep.metrics["turns"] == 3.0
+        assert ep.metrics["episode_s"] > 0, "the worker times each episode"
         assert ep.step_rewards == {"process": pytest.approx([0.1, 0.2, 0.3])}
         for a, b in zip(ep.samples, ep.samples[1:], strict=False):  # token-exact multi-turn prompts
             assert (

@@ -59,6 +59,7 @@ def test_launch_trains_syncs_checkpoints_and_resumes(tmp_path):
     assert versions == [1, 2, 3], "the engine must serve each new weight version"
     assert rows[0]["sync/probe_output"] != rows[-1]["sync/probe_output"], "engine outputs did not change"
     assert all(0 < r["engine/busy_fraction"] <= 1 and r["engine/mean_decode_batch"] >= 1 for r in rows)
+    assert all(0 < r["rollout/engine_call_share"] <= 1 and r["rollout/episode_s"] > 0 for r in rows)
     assert (run_dir / "checkpoints" / "step3").is_dir()
     assert json.loads((run_dir / "state.json").read_text())["step"] == 3
 
