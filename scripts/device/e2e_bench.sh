@@ -40,6 +40,12 @@ for f in forge.log trl.log; do
 done
 [ -f $WORK/forge_run/metrics.jsonl ] && cp $WORK/forge_run/metrics.jsonl $OUT/forge_metrics.jsonl
 [ -f $WORK/trl_steps.json ] && cp $WORK/trl_steps.json $OUT/
+# Ray worker logs (trainer ranks, engines, gateway, env workers): a stalled run is diagnosed from these
+if [ -f $WORK/forge_run/ray_session ]; then
+  mkdir -p $OUT/ray_logs && find "$(cat $WORK/forge_run/ray_session)/logs" -maxdepth 1 -name 'worker-*.err' -size +0 \
+    -exec sh -c 'tail -c 20000 "$1" > "$2/$(basename "$1" | cut -c1-24).err"' _ {} $OUT/ray_logs \;
+  grep -h -i "error\|traceback\|fell back" $OUT/ray_logs/* 2>/dev/null | sort | uniq -c | sort -rn | head -10 | cut -c1-300
+fi
 python3 - "$WORK" <<'PY'
 import json, pathlib, sys
 work = pathlib.Path(sys.argv[1])
