@@ -109,6 +109,21 @@ class Ledger:
             )
         return anchor._text_a
 
+    def warm(self, conv: Conversation) -> None:
+        """Render the newest reply anchor's own text now (what the next call that extends it needs),
+        off that call's critical path: the gateway runs this after answering. A template that
+        refuses leaves it unrendered, so the next call meets the error as before."""
+        anchor = self.anchors[-1] if self.anchors else None
+        if anchor is None or anchor.kind != "reply" or anchor._text_a is not None:
+            return
+        template = self.r.template_name(self.r.uses_tools(anchor.messages, conv.tools))
+        if tools_fingerprint(conv.tools, template, conv.template_kwargs) != anchor.key:
+            return
+        try:
+            self._text_a(anchor, conv, template)
+        except Exception:  # noqa: BLE001 - see the docstring
+            anchor._text_a = None
+
     def _extend(
         self, anchor: Anchor, messages: list[Message], conv: Conversation, template: str, prefill: str
     ) -> tuple[list[int] | None, str]:

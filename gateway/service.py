@@ -422,6 +422,8 @@ class Gateway:
                 [(c.message, c.ids, c.ended, c.eot or self.renderer.eos_token) for c in choices if c.message],
             )
             session.ledger.finish_call(plan.ids, [c.ids for c in choices])
+            if len(choices) == 1:  # after the answer is written: the next turn's render, half done
+                asyncio.get_running_loop().call_soon(session.ledger.warm, conv)
         self._account(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
         return result
 

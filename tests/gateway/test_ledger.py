@@ -149,3 +149,25 @@ def test_extension_equals_fresh_render_when_reply_tokens_are_canonical(
         assert plan2.ids == fresh
     else:  # the fresh render tokenises the earlier part differently: the ledger keeps the old ids
         assert plan2.ids[: plan2.reused] == plan1.ids + completion
+
+
+def test_warming_the_reply_anchor_changes_no_plan(r: ChatRenderer) -> None:
+    """Ledger.warm (run by the gateway after answering) renders what the next extension needs; the
+    plans are the same as with the lazy render, with tools and without."""
+    for tools, first in (([ADD_TOOL], THINK_CALL), (None, "Hello! How can I help?")):
+        lazy, warm = Ledger(r), Ledger(r)
+        msgs = [Message("user", "2+3?")]
+        call(lazy, r, Conversation(msgs, tools), first)
+        _, _, reply, _ = call(warm, r, Conversation(msgs, tools), first)
+        assert warm.anchors[-1]._text_a is None
+        warm.warm(Conversation(msgs, tools))
+        assert warm.anchors[-1]._text_a is not None
+        nxt = [*msgs, reply, Message("user", "and 3+4?")]
+        p_lazy = lazy.plan_chat(Conversation(nxt, tools))
+        p_warm = warm.plan_chat(Conversation(nxt, tools))
+        assert p_warm.how == p_lazy.how == "extended"
+        assert p_warm.ids == p_lazy.ids
+        other = Ledger(r)  # other tools: another fingerprint, nothing rendered for it
+        call(other, r, Conversation(msgs, tools), first)
+        other.warm(Conversation(msgs, [{**ADD_TOOL, "function": {**ADD_TOOL["function"], "name": "plus"}}]))
+        assert other.anchors[-1]._text_a is None
