@@ -282,6 +282,10 @@ def test_late_requests_share_one_prefill(model_dir, greedy):
             for i, (p, n) in enumerate(late):
                 tasks.append(asyncio.create_task(client.generate(p, {**ADMIT_SP, "max_new_tokens": n})))
                 if i < 2:  # the first two are still held back after a few decode steps
+                    deadline = time.monotonic() + 60
+                    while eng.core.load()["waiting"] < i + 1:  # it reached the engine's queue
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.005)
                     steps = eng.core.steps
                     while eng.core.steps < steps + 3:
                         await asyncio.sleep(0.005)
@@ -306,7 +310,7 @@ def test_a_lone_late_request_waits_at_most_the_delay(model_dir):
             queued = eng.core.steps
             lone = await client.generate(PROMPTS[0], {**ADMIT_SP, "max_new_tokens": 4})
             assert len(lone.output_ids) == 4
-            assert eng.core.load()["running"] == 1, "the lone request finished while the long one decodes"
+            assert not long.done(), "the lone request finished while the long one decodes"
             assert eng.core.steps - queued <= 4 + 4 + 2  # its delay, its own 4 tokens, and slack
             await long
             await client.aclose()
