@@ -90,9 +90,8 @@ def _fuse_overflow_check(optimizer: Any) -> None:
             for g in (optimizer.averaged_gradients[i] or [])
             if g is not None and g.numel()
         ]
-        device = grads[0].device if grads else torch.device(str(optimizer.device))
         if not grads:
-            return torch.zeros(1, dtype=torch.bool, device=device)
+            return torch.zeros(1, dtype=torch.bool, device=torch.device(str(optimizer.device)))
         norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
         return (~torch.isfinite(torch.stack(norms))).any().reshape(1)
 
@@ -227,6 +226,8 @@ class Trainer:
             _fuse_overflow_check(self.engine.optimizer)
         self.step = 0
         self.skipped_steps = 0
+        self._sync_group: dist.ProcessGroup | None = None  # weight-update group, formed on first sync
+        self._engine_uuids: dict[str, str] = {}  # engine URL → its GPU's UUID ("" off GPU)
 
     # ------------------------------------------------------------------ training
     def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
@@ -391,19 +392,17 @@ class Trainer:
         if mode == "distributed":
             remote, local = self._split_by_gpu(urls)
             try:
-                if remote and getattr(self, "_sync_group", None) is None:
+                if remote and self._sync_group is None:
                     backend = "nccl" if self.device == "cuda" else "gloo"
                     self._sync_group = weight_sync.connect_engines(remote, _node_ip(), free_port(), backend)
                 info.update(
-                    weight_sync.push_weights(
-                        remote, getattr(self, "_sync_group", None), named, str(version), ipc_urls=local
-                    )
+                    weight_sync.push_weights(remote, self._sync_group, named, str(version), ipc_urls=local)
                 )
             except Exception as exc:
                 # re-exporting alone is only possible when the gather is not collective
                 if directory is None or (self.cfg.zero_stage == 3 and self.world > 1):
                     raise
-                if getattr(self, "_sync_group", None) is not None:
+                if self._sync_group is not None:
                     weight_sync.destroy_group(self._sync_group)
                 self._sync_group = None
                 weight_sync.leave_engines(remote)
@@ -424,7 +423,7 @@ class Trainer:
         from forge.cuda_ipc import device_uuid
         from gateway.engines.client import SyncEngineClient
 
-        cache = self.__dict__.setdefault("_engine_uuids", {})
+        cache = self._engine_uuids
         mine = device_uuid()
         remote, local = [], []
         for url in urls:
