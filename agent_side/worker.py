@@ -35,11 +35,13 @@ import httpx
 
 from agent_side.env import EnvConfig
 from agent_side.registry import get_env, load_env_modules, make_config
-from agent_side.runner import EpisodeError, EpisodeOutcome, run_episode
+from agent_side.runner import EpisodeError, EpisodeOutcome, episode_http_client, run_episode
 from data_pool.errors import StaleTaskError, UnknownTaskError
 from forge.types import Task
 
 log = logging.getLogger(__name__)
+
+GATEWAY_TIMEOUT_S = 60.0  # session open / reward / finish calls (model calls: the episode timeout)
 
 
 class SessionError(RuntimeError):
@@ -85,7 +87,6 @@ class EnvWorker:
         self._stop = asyncio.Event()
         self._running: dict[str, asyncio.Task[str]] = {}
         self.stats: Counter[str] = Counter()
-        self._client: httpx.AsyncClient | None = None
         self._executor = ThreadPoolExecutor(self.concurrency + 4, thread_name_prefix=f"pool-{self.worker_id}")
 
     # ------------------------------------------------------------------ pool calls (sync client)
@@ -149,9 +150,6 @@ class EnvWorker:
                 episode.cancel()
             if self._running:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
-            if self._client is not None:
-                await self._client.aclose()
-                self._client = None
         return dict(self.stats)
 
     # ------------------------------------------------------------------ one task
@@ -175,9 +173,14 @@ class EnvWorker:
             spec = get_env(task.env)
         except KeyError as exc:
             return await self._fail(task, str(exc))
+        # the episode's own connection (session calls, model calls): see episode_http_client
+        async with episode_http_client() as http:
+            return await self._run_episode_task(task, spec, http)
+
+    async def _run_episode_task(self, task: Task, spec: Any, http: httpx.AsyncClient) -> str:
         started = time.monotonic()
         beat = asyncio.create_task(self._heartbeat(task))
-        episode = asyncio.create_task(self._episode(task, spec))
+        episode = asyncio.create_task(self._episode(task, spec, http))
         try:
             done, _ = await asyncio.wait({beat, episode}, return_when=asyncio.FIRST_COMPLETED)
             if beat in done and not episode.done():  # the lease is gone: stop working on it
@@ -201,18 +204,18 @@ class EnvWorker:
                         await child
         # the episode's wall time in this worker (lease → done), for the rollout timing metrics
         outcome.metrics = {**outcome.metrics, "episode_s": time.monotonic() - started}
-        return await self._submit(task, session_id, outcome)
+        return await self._submit(task, session_id, outcome, http)
 
-    async def _episode(self, task: Task, spec: Any) -> tuple[str, EpisodeOutcome]:
+    async def _episode(self, task: Task, spec: Any, http: httpx.AsyncClient) -> tuple[str, EpisodeOutcome]:
         config = self.config_for(task.env)
         try:
             env = spec.env_class(config, task)
         except Exception as exc:
             raise EpisodeError(f"building {task.env} env failed: {type(exc).__name__}: {exc}") from exc
-        session_id, base_url = await self._open_session(task)
+        session_id, base_url = await self._open_session(task, http)
         try:
             outcome = await asyncio.wait_for(
-                run_episode(env, base_url, self.api_key, self.model), config.episode_timeout_s
+                run_episode(env, base_url, self.api_key, self.model, http), config.episode_timeout_s
             )
         except TimeoutError:
             raise EpisodeError(f"episode timed out after {config.episode_timeout_s:g}s") from None
@@ -230,19 +233,17 @@ class EnvWorker:
             except Exception as exc:  # Redis hiccup: try again next beat
                 log.warning("worker %s: heartbeat of %s failed: %s", self.worker_id, task.id, exc)
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                timeout=60.0, headers={"Authorization": f"Bearer {self.api_key}"}
-            )
-        return self._client
+    async def _gateway(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await http.post(
+            f"{self.gateway_url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=GATEWAY_TIMEOUT_S,
+        )
 
-    async def _gateway(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return await self._http().post(f"{self.gateway_url}{path}", json=body)
-
-    async def _open_session(self, task: Task) -> tuple[str, str]:
+    async def _open_session(self, task: Task, http: httpx.AsyncClient) -> tuple[str, str]:
         try:
-            resp = await self._gateway("/sessions", {"task_id": task.id})
+            resp = await self._gateway(http, "/sessions", {"task_id": task.id})
         except httpx.HTTPError as exc:
             raise SessionError(f"gateway unreachable at {self.gateway_url}: {exc!r}") from exc
         if resp.status_code == 409 and _error_code(resp) == "stale":
@@ -259,7 +260,9 @@ class EnvWorker:
             raise SessionError(f"gateway returned no session for {task.id}: {resp.text[:300]}")
         return session_id, str(httpx.URL(self.gateway_url + "/").join(base_url))
 
-    async def _submit(self, task: Task, session_id: str, outcome: EpisodeOutcome) -> str:
+    async def _submit(
+        self, task: Task, session_id: str, outcome: EpisodeOutcome, http: httpx.AsyncClient
+    ) -> str:
         """Check the recorded samples, then reward + finish through the gateway (which also
         forgets the session); the pool directly when the gateway no longer knows the session."""
         info = await self._pool(self.pool.task_status, task.id)
@@ -281,7 +284,7 @@ class EnvWorker:
                 (f"/sessions/{session_id}/reward", reward),
                 (f"/sessions/{session_id}/finish", {}),
             ):
-                resp = await self._gateway(path, body)
+                resp = await self._gateway(http, path, body)
                 if resp.status_code == 409 and _error_code(resp) == "stale":
                     return "lease_lost"
                 if resp.status_code == 400:
