@@ -1,0 +1,113 @@
+"""Where a decode step of the built-in engine goes (GPU machine; run after scripts/device/setup.sh).
+
+Drives an EngineCore directly (no HTTP): B requests (128-token prompts, temperature 1, EOS
+ignored) admitted together, then timed decode steps split into the runner's parts: host input
+build + upload, graph replay (CUDA events), sampling + the host read-back, and the scheduler's
+bookkeeping (_advance). Then a torch.profiler table of a few steps at the largest batch.
+
+    python3 scripts/device/profile_engine.py [--model qwen3_0p6b_random] [--batches 16,32,64,128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from gateway.engines.native.launch import EngineConfig, build_core
+from gateway.engines.native.request import parse_generate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="qwen3_0p6b_random")
+    p.add_argument("--batches", default="16,32,64,128")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--device", default="cuda", help="cpu: a quick check of this script with --model tiny")
+    a = p.parse_args()
+    batches = [int(x) for x in a.batches.split(",")]
+    core, _ = build_core(
+        EngineConfig(model=a.model, device=a.device, max_running_requests=max(batches), kv_cache_gb=10)
+    )
+    runner = core.runner
+    cuda = a.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    timing = {"upload": 0.0, "graph": 0.0, "sample": 0.0}
+    orig_upload, orig_graph, orig_sample = runner._upload, runner._graph_logits, runner._sample
+
+    def timed(name, fn):
+        def wrapper(*args, **kw):
+            sync()
+            t = time.perf_counter()
+            out = fn(*args, **kw)
+            sync()
+            timing[name] += time.perf_counter() - t
+            return out
+
+        return wrapper
+
+    gen = torch.Generator().manual_seed(0)
+    for b in batches:
+        core.rows = []
+        reqs = []
+        for i in range(b):
+            ids = torch.randint(100, 20000, (a.prompt_len,), generator=gen).tolist()
+            body = {
+                "input_ids": ids,
+                "rid": f"r{b}-{i}",
+                "sampling_params": {"max_new_tokens": 10_000, "temperature": 1.0, "ignore_eos": True},
+            }
+            reqs.append(parse_generate(body, core.vocab_size, core.context_length, core.tokenizer)[0])
+        core._waiting.extend(reqs)
+        for r in reqs:
+            core._rids.add(r.rid)
+        core._admit()
+        for _ in range(5):  # graph capture + warm-up
+            core._decode()
+        sync()
+        # plain timing of whole steps
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            core._decode()
+        sync()
+        whole = (time.perf_counter() - t) / a.steps
+        # split (syncs added between the parts, so the parts sum to a bit more than `whole`)
+        for k in timing:
+            timing[k] = 0.0
+        runner._upload = timed("upload", orig_upload)
+        runner._graph_logits = timed("graph", orig_graph)
+        runner._sample = timed("sample", orig_sample)
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            core._decode()
+        split_total = (time.perf_counter() - t) / a.steps
+        runner._upload, runner._graph_logits, runner._sample = orig_upload, orig_graph, orig_sample
+        parts = {k: round(1000 * v / a.steps, 3) for k, v in timing.items()}
+        rest = round(1000 * split_total - sum(parts.values()), 3)
+        print(
+            f"batch {b}: step {1000 * whole:.2f} ms ({b / whole:.0f} tok/s); split: {parts}, "
+            f"scheduler/python rest {rest} ms",
+            flush=True,
+        )
+        if b == batches[-1]:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                for _ in range(10):
+                    core._decode()
+                sync()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+            if cuda:
+                print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
+        core.rows = []
+        core._rids.clear()
+
+
+if __name__ == "__main__":
+    main()
