@@ -11,4 +11,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# a crash outside any test (e.g. at interpreter exit) prints every thread's stack instead of a bare 139
+export PYTHONFAULTHANDLER=1
 exec .venv/bin/python -m pytest "$@"

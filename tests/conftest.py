@@ -105,3 +105,14 @@ def make_gateway() -> Iterator[Callable[..., Any]]:
     yield make
     for h in handles:
         h.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Destroy the torch.distributed group that in-process trainers left (each joins the default
+    gloo group; a test cannot know it is the last). Left to static destructors at interpreter exit,
+    a gloo process group can crash the process after every test passed."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
