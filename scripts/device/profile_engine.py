@@ -98,7 +98,9 @@ def main() -> None:
         if b == batches[-1]:
             from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            with profile(
+                activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            ) as prof:
                 for _ in range(10):
                     core._decode()
                 sync()
