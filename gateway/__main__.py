@@ -80,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_loop(coro: Any) -> None:
     """asyncio.run, on uvloop when it is installed (less per-request overhead)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
+    from gateway.serving import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(coro)
 
 
 if __name__ == "__main__":
