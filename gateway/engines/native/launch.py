@@ -157,8 +157,10 @@ class EngineHandle:
     _served: Any  # gateway.serving.ServedApp
 
     def stop(self) -> None:
-        self._served.stop()
+        # the core first: requests still running are answered (503, "engine stopped") while the
+        # server's loop can still deliver the replies; then the server
         self.core.stop()
+        self._served.stop()
 
     def __enter__(self) -> EngineHandle:
         return self

@@ -91,7 +91,10 @@ async def generate(request: web.Request) -> web.Response:
     fut: asyncio.Future = loop.create_future()
 
     def on_done(result: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+        try:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+        except RuntimeError:  # the server's loop is closed (shutdown): nobody waits for this reply
+            pass
 
     core.submit(req, on_done)
     try:
