@@ -72,8 +72,8 @@ DEVICE_OVERRIDES = {
         # the engine decodes up to 128 requests at once, TRL's generate the step's 64
         "engine.kv_cache_gb=10",
         "engine.max_running_requests=128",
-        # four worker processes of 32 episodes: one asyncio loop spends ~35 ms of CPU per episode
-        # (HTTP client, SDK, pool calls), so a single worker caps rollouts near 30 episodes/s
+        # four worker processes of 32 episodes: one asyncio loop spends ~17 ms of CPU per episode
+        # (HTTP client, SDK, pool calls; scripts/rollout_probe.py), a hard cap for one process
         "loop.env_workers=4",
         "loop.worker_concurrency=32",
         "pool.max_in_flight=192",

@@ -51,8 +51,8 @@ class LoopConfig:
     max_wall_minutes: float = 0.0  # >0: stop training after this long (then checkpoint + eval)
     prompts_per_step: int = 8
     group_size: int = 4  # samples per prompt (group-relative advantages)
-    # env worker processes; one drives ~25-30 short episodes/s (its event loop's CPU), so a GPU
-    # engine needs several: `forge bench e2e --device cuda` uses 4 × 32
+    # env worker processes; each spends ~17 ms of CPU per short episode on its one event loop
+    # (scripts/rollout_probe.py), so a GPU engine needs several: `forge bench e2e --device cuda` uses 4 × 32
     env_workers: int = 1
     worker_concurrency: int = 32  # episodes in flight per worker
     checkpoint_every: int = 10  # steps; also on Ctrl-C and at the end
