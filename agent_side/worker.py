@@ -263,34 +263,21 @@ class EnvWorker:
     async def _submit(
         self, task: Task, session_id: str, outcome: EpisodeOutcome, http: httpx.AsyncClient
     ) -> str:
-        """Check the recorded samples, then reward + finish through the gateway (which also
-        forgets the session); the pool directly when the gateway no longer knows the session."""
-        info = await self._pool(self.pool.task_status, task.id)
-        if info.status != "running" or info.attempt != task.attempt:
-            return "lease_lost"
-        if info.n_samples == 0:
-            return await self._abort(task, "episode made no model calls")
-        if outcome.calls >= 0 and info.n_samples != outcome.calls:
-            return await self._abort(
-                task, f"{outcome.calls} model calls but {info.n_samples} samples recorded"
-            )
+        """Reward through the gateway (which first waits until the session's calls are in the pool),
+        check the recorded samples, then finish (the gateway also forgets the session); the pool
+        directly when the gateway no longer knows the session."""
         reward = {
             "reward": outcome.reward,
             "step_rewards": outcome.step_rewards or None,
             "metrics": outcome.metrics,
         }
         try:
-            for path, body in (
-                (f"/sessions/{session_id}/reward", reward),
-                (f"/sessions/{session_id}/finish", {}),
-            ):
-                resp = await self._gateway(http, path, body)
-                if resp.status_code == 409 and _error_code(resp) == "stale":
-                    return "lease_lost"
-                if resp.status_code == 400:
-                    return await self._abort(task, f"pool refused the episode: {resp.text[:300]}")
-                if resp.status_code >= 300:
-                    raise SessionError(f"{resp.status_code} {resp.text[:200]}")
+            if refused := await self._gateway_step(http, task, f"/sessions/{session_id}/reward", reward):
+                return refused
+            if refused := await self._check_recorded(task, outcome):
+                return refused
+            if refused := await self._gateway_step(http, task, f"/sessions/{session_id}/finish", {}):
+                return refused
         except (httpx.HTTPError, SessionError) as exc:
             log.warning(
                 "worker %s: gateway could not finish %s (%s); finishing in the pool",
@@ -301,7 +288,37 @@ class EnvWorker:
             return await self._submit_to_pool(task, outcome)
         return "finished"
 
+    async def _gateway_step(
+        self, http: httpx.AsyncClient, task: Task, path: str, body: dict[str, Any]
+    ) -> str | None:
+        """None when the gateway took the reward / finish; the episode's outcome when the pool
+        refused it; SessionError when the gateway could not be used."""
+        resp = await self._gateway(http, path, body)
+        if resp.status_code == 409 and _error_code(resp) == "stale":
+            return "lease_lost"
+        if resp.status_code == 400:
+            return await self._abort(task, f"pool refused the episode: {resp.text[:300]}")
+        if resp.status_code >= 300:
+            raise SessionError(f"{resp.status_code} {resp.text[:200]}")
+        return None
+
+    async def _check_recorded(self, task: Task, outcome: EpisodeOutcome) -> str | None:
+        """None when the pool holds one sample per model call of the episode (and the task is still
+        ours); otherwise the episode's outcome (aborted / lease_lost)."""
+        info = await self._pool(self.pool.task_status, task.id)
+        if info.status != "running" or info.attempt != task.attempt:
+            return "lease_lost"
+        if info.n_samples == 0:
+            return await self._abort(task, "episode made no model calls")
+        if outcome.calls >= 0 and info.n_samples != outcome.calls:
+            return await self._abort(
+                task, f"{outcome.calls} model calls but {info.n_samples} samples recorded"
+            )
+        return None
+
     async def _submit_to_pool(self, task: Task, outcome: EpisodeOutcome) -> str:
+        if refused := await self._check_recorded(task, outcome):
+            return refused
         try:
             await self._pool(
                 self.pool.set_reward,

@@ -382,6 +382,8 @@ class Gateway:
         want_pieces: bool,
         style: str,
     ) -> CallResult:
+        if session is not None:
+            await self.sessions.flush(session)
         t0 = time.perf_counter()
         if conv.tools:
             self.check_tools(conv.tools)
@@ -415,7 +417,7 @@ class Gateway:
         )
         t3 = time.perf_counter()
         if session is not None:
-            await self._record(session, plan, result, {"render_s": t1 - t0, "engine_s": t2 - t1})
+            self._record(session, plan, result, {"render_s": t1 - t0, "engine_s": t2 - t1})
             session.ledger.record_chat(
                 plan,
                 conv.messages,
@@ -437,7 +439,7 @@ class Gateway:
         n = max(1, self.stage_calls)
         return {k: round(v * 1e3 / n, 3) for k, v in self.stage_s.items()}
 
-    async def _record(
+    def _record(
         self, session: Session, plan: PromptPlan, result: CallResult, timings: dict[str, float]
     ) -> None:
         brk = session.ledger.is_break(plan.ids)
@@ -455,7 +457,7 @@ class Gateway:
             )
             for j, c in enumerate(result.choices)
         ]
-        await self.sessions.record(session, samples)
+        self.sessions.record_behind(session, samples)
         for s, c in zip(samples, result.choices, strict=True):
             session.records.append(CallRecord(s.turn, brk, plan.reused, plan.how, plan.why_fresh, c.engine))
         session.turns += len(samples)
@@ -466,6 +468,8 @@ class Gateway:
     async def complete(
         self, session: Session | None, prompt: str | list[int], s: Sampling, *, want_pieces: bool
     ) -> CallResult:
+        if session is not None:
+            await self.sessions.flush(session)
         t0 = time.perf_counter()
         if isinstance(prompt, str):
             if session is not None:
@@ -498,7 +502,7 @@ class Gateway:
         )
         t3 = time.perf_counter()
         if session is not None:
-            await self._record(session, plan, result, {"render_s": t1 - t0, "engine_s": t2 - t1})
+            self._record(session, plan, result, {"render_s": t1 - t0, "engine_s": t2 - t1})
             if isinstance(prompt, str):
                 replies = []
                 for c in choices:

@@ -1,11 +1,17 @@
 """Gateway sessions: one per agent episode (task attempt), each with its token ledger.
 
 With a data pool, opening a session binds it to the task's current attempt
-(`DataPool.open_session`), every model call is recorded with `append_samples` before the answer
-is returned, and reward / finish go to the pool. Without one (a bare gateway, tests of the API
-alone) samples are kept in memory. The append (on every call's critical path) goes through
-`data_pool.aio.AsyncAppender` on the gateway's event loop; the other pool calls are blocking
-Redis calls, run in threads.
+(`DataPool.open_session`), every model call is recorded with `append_samples`, and reward /
+finish go to the pool. Without one (a bare gateway, tests of the API alone) samples are kept in
+memory.
+
+Recording is write-behind: a call's answer goes out while its append is on the wire
+(`record_behind`), and every later operation of the session (its next call, reward, finish,
+inspection) first waits for the session's appends (`flush`). So the pool holds every sample of a
+session before its episode can be rewarded or finished, and an append that failed (the lease was
+lost, Redis is down) fails the session's next operation with that error, never silently. The
+appends go through `data_pool.aio.AsyncAppender` on the gateway's event loop; the other pool
+calls are blocking Redis calls, run in threads.
 
 A session unused for `idle_timeout_s` is forgotten (its samples stay in the pool).
 """
@@ -50,6 +56,7 @@ class Session:
     prefix_breaks: int = 0
     records: list[CallRecord] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)  # only without a pool
+    pending: asyncio.Future[None] | None = None  # the session's latest append (write-behind)
 
 
 def _pool_error(exc: Exception, what: str) -> APIError:
@@ -80,6 +87,7 @@ class SessionStore:
         self._last_sweep = time.monotonic()
         self._appender: Any = None  # data_pool.aio.AsyncAppender, made on first use (on the loop)
         self._appender_loop: asyncio.AbstractEventLoop | None = None
+        self._writes: set[asyncio.Future[None]] = set()  # appends not yet acknowledged
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -121,10 +129,22 @@ class SessionStore:
             raise APIError(409, f"session {session_id!r} is finished", code="session_finished")
         return session
 
-    async def record(self, session: Session, samples: list[Sample]) -> None:
+    def record_behind(self, session: Session, samples: list[Sample]) -> None:
+        """Start recording `samples` after the session's earlier appends; `flush` waits for it."""
         if self.pool is None:
             session.samples.extend(samples)
             return
+        task = asyncio.ensure_future(self._append_after(session.pending, session, samples))
+        task.add_done_callback(_retrieve)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        session.pending = task
+
+    async def _append_after(
+        self, previous: asyncio.Future[None] | None, session: Session, samples: list[Sample]
+    ) -> None:
+        if previous is not None:
+            await previous  # in call order; after a failed append, this one fails with its error
         try:
             appender = self._get_appender()
             if appender is None:
@@ -133,6 +153,12 @@ class SessionStore:
                 await appender.append_samples(samples)
         except Exception as exc:
             raise _pool_error(exc, f"cannot record the call in session {session.id!r}") from exc
+
+    async def flush(self, session: Session) -> None:
+        """Wait until the session's calls are in the pool; raise the error of an append that failed
+        (a 409 `stale` when the task's lease was lost)."""
+        if session.pending is not None:
+            await asyncio.shield(session.pending)  # a disconnecting client does not cancel the append
 
     def _get_appender(self) -> Any:
         """The event loop's own connection for appends, when the pool's URL allows one (not TLS)."""
@@ -147,11 +173,14 @@ class SessionStore:
         return self._appender
 
     async def aclose(self) -> None:
+        if self._writes:  # let acknowledged answers reach the pool before the connection closes
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self._appender is not None:
             await self._appender.aclose()
             self._appender = None
 
     async def reward(self, session: Session, reward: float, step_rewards: Any, metrics: Any) -> None:
+        await self.flush(session)
         if self.pool is None:
             session.metadata["reward"] = {"reward": reward, "step_rewards": step_rewards, "metrics": metrics}
             return
@@ -163,6 +192,7 @@ class SessionStore:
             raise _pool_error(exc, f"cannot set the reward of session {session.id!r}") from exc
 
     async def finish(self, session: Session) -> None:
+        await self.flush(session)
         if self.pool is not None:
             try:
                 await asyncio.to_thread(self.pool.finish, session.task_id, attempt=session.attempt)
@@ -172,9 +202,16 @@ class SessionStore:
         session.ledger.anchors.clear()
 
     async def samples(self, session: Session) -> list[Sample]:
+        await self.flush(session)
         if self.pool is None:
             return list(session.samples)
         try:
             return await asyncio.to_thread(self.pool.samples, session.task_id, session.id)
         except Exception as exc:
             raise _pool_error(exc, f"cannot read the samples of session {session.id!r}") from exc
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a failed append's error as seen: `flush` raises it to the session's next operation."""
+    if not task.cancelled():
+        task.exception()

@@ -48,6 +48,7 @@ def test_forge_serve(random_model_dir: Path, tmp_path: Path) -> None:
             sess = open_session(url, pool)
             cs = openai.OpenAI(base_url=f"{sess['base_url']}/v1", api_key="x", max_retries=0)
             cs.chat.completions.create(model="default", messages=HI, max_tokens=3)
+            assert len(session_info(url, sess["session_id"])["samples"]) == 1  # waits for the append
             assert len(pool.samples(sess["task_id"])) == 1
         finally:
             pool.close()

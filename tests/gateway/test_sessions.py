@@ -66,15 +66,39 @@ def test_sessions_are_refused_for_tasks_not_running(random_gateway: Any, pool: A
 def test_an_aborted_task_stops_its_session(random_gateway: Any, pool: Any) -> None:
     sess = open_session(random_gateway.url, pool)
     assert chat(sess["base_url"]).status_code == 200
+    assert session_info(random_gateway.url, sess["session_id"])["turns"] == 1  # its append is done
     pool.abort(sess["task_id"], "worker gave up")
+    # write-behind: this answer goes out before the pool refuses its record ...
+    assert chat(sess["base_url"]).status_code == 200
+    # ... and the refusal stops every later operation of the session
     r = chat(sess["base_url"])
     assert r.status_code == 409 and r.json()["error"]["code"] == "stale"
+    reward = httpx.post(f"{random_gateway.url}/sessions/{sess['session_id']}/reward", json={"reward": 1})
+    assert reward.status_code == 409 and reward.json()["error"]["code"] == "stale"
     c = openai.OpenAI(base_url=f"{sess['base_url']}/v1", api_key="x", max_retries=0)
     try:
         c.chat.completions.create(model="default", messages=HI, max_tokens=2)
         raise AssertionError("expected a 409")
     except openai.ConflictError as exc:
         assert "no longer running" in exc.message
+
+
+def test_answers_do_not_wait_for_the_pool_but_reward_does(random_gateway: Any, pool: Any) -> None:
+    """Write-behind recording: with Redis refusing writes for 5 s, a call is answered at once and
+    its sample is not in the pool yet; the reward waits for the append, so the count is exact the
+    moment it returns."""
+    sess = open_session(random_gateway.url, pool)
+    assert chat(sess["base_url"]).status_code == 200
+    pool.client.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # reads still answered
+    try:
+        assert chat(sess["base_url"]).status_code == 200
+        assert pool.task_status(sess["task_id"]).n_samples == 1  # the second append is on the wire
+    finally:
+        r = httpx.post(
+            f"{random_gateway.url}/sessions/{sess['session_id']}/reward", json={"reward": 1.0}, timeout=30
+        )
+    assert r.status_code == 200, r.text
+    assert pool.task_status(sess["task_id"]).n_samples == 2
 
 
 def test_bad_session_bodies(random_gateway: Any, pool: Any) -> None:
