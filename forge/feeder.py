@@ -98,6 +98,8 @@ def batch_metrics(
         out["sync/mode_disk"] = float(sync.get("mode") == "disk")
         out["sync/engine_weight_version"] = sync.get("engine_weight_version", -1)
         out["sync/probe_output"] = " ".join(map(str, sync.get("probe_output", [])))
+        if "probe_logprob" in sync:
+            out["sync/probe_logprob"] = sync["probe_logprob"]
     return out
 
 

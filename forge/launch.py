@@ -171,7 +171,12 @@ def probe_engine(url: str) -> dict[str, Any]:
     from gateway.engines.client import SyncEngineClient
 
     out = SyncEngineClient(url, timeout=60).generate([1, 2, 3, 4], {"max_new_tokens": 4, "temperature": 0.0})
-    return {"engine_weight_version": int(out.weight_version or 0), "probe_output": list(out.output_ids)}
+    return {
+        "engine_weight_version": int(out.weight_version or 0),
+        "probe_output": list(out.output_ids),
+        # moves with any weight change, also when the greedy tokens stay the same
+        "probe_logprob": sum(out.output_logprobs) / max(len(out.output_logprobs), 1),
+    }
 
 
 class EngineMeter:

@@ -57,7 +57,8 @@ def test_launch_trains_syncs_checkpoints_and_resumes(tmp_path):
     assert all(r["rollout/episodes"] == 4 and r["train/trained_tokens"] > 0 for r in rows)
     versions = [r["sync/engine_weight_version"] for r in rows]
     assert versions == [1, 2, 3], "the engine must serve each new weight version"
-    assert rows[0]["sync/probe_output"] != rows[-1]["sync/probe_output"], "engine outputs did not change"
+    probe = [(r["sync/probe_output"], r["sync/probe_logprob"]) for r in rows]
+    assert probe[0] != probe[-1], f"engine outputs did not change: {probe}"
     assert all(0 < r["engine/busy_fraction"] <= 1 and r["engine/mean_decode_batch"] >= 1 for r in rows)
     assert all(0 < r["rollout/engine_call_share"] <= 1 and r["rollout/episode_s"] > 0 for r in rows)
     assert (run_dir / "checkpoints" / "step3").is_dir()
