@@ -1,7 +1,9 @@
 """`forge bench tree`: prefix-tree merging vs flat packing on realistic agent batches.
 
-For each calls-per-episode setting it builds G episodes of K calls (a group sharing one
-prompt; call t's prompt = call t−1's prompt + completion + observation), then times one
+For each calls-per-episode setting it builds groups of G episodes of K calls (a group shares one
+prompt; call t's prompt = call t−1's prompt + completion + observation), as many groups as it
+takes to give the merged batch at least --min-tree-tokens tokens (a training step's worth, so short
+episodes are not timed on a batch too small to occupy the device), then times one
 forward+backward of the CISPO loss over all micro-batches, merged (tree) and unmerged (flat),
 with the same attention kernel (flex on CUDA, dense SDPA on CPU). It prints flat_tokens,
 tree_tokens, token_ratio, flat_ms, tree_ms, speedup, max_rel_grad_err, flat_peak_mb,
@@ -37,13 +39,14 @@ def agent_episodes(
     tokens_per_call: int,
     prompt_tokens: int,
     vocab: int,
+    group: str = "g",
 ) -> list[Episode]:
     """One group; each call adds tokens_per_call tokens: half completion, half observation."""
     completion, obs = tokens_per_call // 2, tokens_per_call - tokens_per_call // 2
     prompt = rng.integers(0, vocab, prompt_tokens).tolist()
     episodes = []
     for m in range(group_size):
-        task = Task(id=f"e{m}", env="bench", group_id="g", group_size=group_size)
+        task = Task(id=f"{group}-e{m}", env="bench", group_id=group, group_size=group_size)
         context, samples = list(prompt), []
         for t in range(calls):
             out = rng.integers(0, vocab, completion).tolist()
@@ -86,9 +89,25 @@ def max_rel_grad_err(model, episodes: list[Episode], kernel: str, budget: int) -
     return max(errs)
 
 
+def groups_for(min_tree_tokens: int, group_size: int, calls: int, tokens_per_call: int, prompt: int) -> int:
+    """Whole groups whose merged tokens reach `min_tree_tokens` (at least one)."""
+    last_obs = tokens_per_call - tokens_per_call // 2  # the last call's observation is never trained
+    per_group = prompt + group_size * (calls * tokens_per_call - last_obs)  # shared prompt, then chains
+    return max(1, -(-min_tree_tokens // per_group))
+
+
 def bench_config(model, args, calls: int, kernel: str, device: torch.device, vocab: int) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
-    episodes = agent_episodes(rng, args.group_size, calls, args.tokens_per_call, args.prompt_tokens, vocab)
+    groups = groups_for(
+        args.min_tree_tokens, args.group_size, calls, args.tokens_per_call, args.prompt_tokens
+    )
+    episodes = [
+        e
+        for g in range(groups)
+        for e in agent_episodes(
+            rng, args.group_size, calls, args.tokens_per_call, args.prompt_tokens, vocab, f"g{g}"
+        )
+    ]
     samples, _ = build_samples(episodes, group_relative(episodes), "token")
     longest = max(len(s.tokens) for s in samples)
     budget = max(args.budget, -(-longest // 1024) * 1024)
@@ -122,6 +141,7 @@ def bench_config(model, args, calls: int, kernel: str, device: torch.device, voc
         "calls": calls,
         "tokens_per_call": args.tokens_per_call,
         "group_size": args.group_size,
+        "groups": groups,
         "flat_tokens": flat_tokens,
         "tree_tokens": tree_tokens,
         "token_ratio": round(flat_tokens / tree_tokens, 3),
@@ -148,6 +168,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prompt-tokens", type=int, default=None, help="default: tokens-per-call")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument(
+        "--min-tree-tokens",
+        type=int,
+        default=None,
+        help="whole groups until the merged batch has this many tokens; default 1024 cpu, 32768 cuda",
+    )
+    p.add_argument(
         "--budget", type=int, default=None, help="micro-batch tokens; default 4096 cpu, 32768 cuda"
     )
     p.add_argument("--flat-cap", type=int, default=2_000_000, help="flat tokens timed before extrapolating")
@@ -165,6 +191,8 @@ def main(argv: list[str]) -> int:
     args.tokens_per_call = args.tokens_per_call or (512 if cuda else 64)
     args.prompt_tokens = args.prompt_tokens or args.tokens_per_call
     args.budget = args.budget or (32768 if cuda else 4096)
+    if args.min_tree_tokens is None:
+        args.min_tree_tokens = 32768 if cuda else 1024
     calls = [int(c) for c in (args.calls or ("1,4,16,64" if cuda else "1,4,8")).split(",")]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if cuda else "fp32")]
 
@@ -199,6 +227,7 @@ def main(argv: list[str]) -> int:
 def _fmt(row: dict[str, Any]) -> str:
     keys = (
         "calls",
+        "groups",
         "flat_tokens",
         "tree_tokens",
         "token_ratio",
