@@ -12,8 +12,7 @@ Errors are typed: `EngineUnavailableError` when the engine cannot be reached or 
 503 (the gateway turns it into a 503), `EngineRequestError` for a 4xx (bad input: the engine's
 message is kept), `EngineProtocolError` for an answer that does not parse.
 
-`EngineClient` is async (aiohttp: present on every image Forge runs on, and the engine server uses
-it too). `SyncEngineClient` is a blocking twin built on the standard library, for scripts, the
+`EngineClient` is async (`gateway.engines.http.LeanHTTP` for http://, aiohttp for https://). `SyncEngineClient` is a blocking twin built on the standard library, for scripts, the
 trainer and tests that are not async.
 
 Sampling parameters use SGLang's names, e.g. ``{"max_new_tokens": 64, "temperature": 0.7,
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from gateway.engines.http import LeanHTTP
 
 # SGLang's `SamplingParams` API fields (sampling_params.py; the internal fields stop_strs,
 # stop_regex_strs, stop_str_max_len, ... are not part of the HTTP API and are left out).
@@ -208,7 +209,9 @@ def _raise_for_status(status: int, text: str) -> Any:
 class EngineClient:
     """Async client of one engine (SGLang or built-in) at `base_url`, e.g. http://127.0.0.1:30000.
 
-    Reuses one aiohttp session per event loop; call `aclose()` when done (or use `async with`).
+    Plain-http engines are spoken to through `LeanHTTP` (keep-alive streams, the gateway's hot
+    path); https ones through aiohttp. Connections belong to the event loop that made them: a
+    client used from another loop starts afresh. Call `aclose()` when done (or use `async with`).
     `timeout` bounds each call in seconds (None: no limit; generation can be long).
     """
 
@@ -216,6 +219,8 @@ class EngineClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.api_key = api_key
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._lean: LeanHTTP | None = None
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -225,37 +230,49 @@ class EngineClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _transport(self) -> LeanHTTP | aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        if self._loop is not loop:
+            self._lean, self._session, self._loop = None, None, loop
+        if self.base_url.startswith("http://"):
+            if self._lean is None:
+                self._lean = LeanHTTP(self.base_url, self._headers)
+            return self._lean
+        if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                headers=headers,
+                headers=self._headers or None,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
-            self._loop = loop
         return self._session
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         if self._session is not None and not self._session.closed:
             await self._session.close()
-        self._session = None
+        self._lean, self._session = None, None
 
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
-        session = self._get_session()
-        kwargs: dict[str, Any] = {}
-        if body is not None:
-            kwargs["json"] = body
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        transport = self._transport()
         try:
-            async with session.request(method, self.base_url + path, **kwargs) as resp:
+            if isinstance(transport, LeanHTTP):
+                payload = None if body is None else json.dumps(body).encode()
+                status, raw = await transport.request(
+                    method, path, payload, timeout if timeout is not None else self.timeout
+                )
+                return _raise_for_status(status, raw.decode("utf-8", "replace"))
+            kwargs: dict[str, Any] = {}
+            if body is not None:
+                kwargs["json"] = body
+            if timeout is not None:
+                kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+            async with transport.request(method, self.base_url + path, **kwargs) as resp:
                 text = await resp.text()
                 return _raise_for_status(resp.status, text)
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise EngineUnavailableError(f"engine at {self.base_url} unreachable: {exc!r}") from exc
 
     async def generate(
