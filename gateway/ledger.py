@@ -15,7 +15,7 @@ dropped still matches) reuses the anchor's ids and renders only what follows:
    ended with it, the new text starts right after it; if it was cut off (length, stop string), the
    new text starts with the end-of-turn string itself, closing the turn the model left open;
 3. encode that new text as it tokenises after the end-of-turn token, checking that the join is
-   stable (`ChatRenderer.encode_continuation`); prompt = anchor ids + new ids.
+   stable (`ChatRenderer.encode_after`); prompt = anchor ids + new ids.
 
 Anything else — no anchor matches, the rendering is not a prefix, the join is unstable — renders
 the whole conversation afresh. A call whose prompt does not start with the previous call's prompt
@@ -48,7 +48,8 @@ class Anchor:
     eot: str = ""
     text: str = ""  # raw: prompt text + completion text
     prefill: str = ""  # prompt: the text after the generation prompt (tool_choice) it was sent with
-    _text_a: str | None = field(default=None, repr=False)
+    # reply anchors: (own text, where the new text starts, continuation base) or why not extendable
+    _join: tuple[str, int, tuple[str, list[int]] | None] | str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -102,45 +103,54 @@ class Ledger:
         text = self.r.render(messages, conv.tools, True, template, conv.template_kwargs) + prefill
         return PromptPlan(self.r.encode(text), 0, template, key, prefill, "fresh", why)
 
-    def _text_a(self, anchor: Anchor, conv: Conversation, template: str) -> str:
-        if anchor._text_a is None:
-            anchor._text_a = self.r.render(
-                _strip(anchor.messages), conv.tools, False, template, conv.template_kwargs
-            )
-        return anchor._text_a
+    def _join_of(
+        self, anchor: Anchor, conv: Conversation, template: str
+    ) -> tuple[str, int, tuple[str, list[int]] | None] | str:
+        """What extending a reply anchor needs, the same for every request that can extend it (the
+        anchor's key fixes tools, template and options): the anchor's own conversation rendered
+        without a generation prompt, where the new text starts in it, and the tokenisation of the
+        text before that point. Or, as a string, why the anchor cannot be extended."""
+        if anchor._join is None:
+            text_a = self.r.render(_strip(anchor.messages), conv.tools, False, template, conv.template_kwargs)
+            # the reply's end-of-turn must be the last thing the template wrote for the conversation
+            # so far, up to whitespace (e.g. ChatML's "<|im_end|>\n"); otherwise the one found
+            # belongs to an earlier message and the reply itself would be rendered again
+            p = text_a.rfind(anchor.eot) if anchor.eot else -1
+            if p < 0 or text_a[p + len(anchor.eot) :].strip():
+                anchor._join = "the chat template writes no end-of-turn token after the reply"
+            else:
+                cut = p + len(anchor.eot) if anchor.ended else p
+                anchor._join = (text_a, cut, self.r.continuation_base(text_a[:cut]))
+        return anchor._join
 
     def warm(self, conv: Conversation) -> None:
-        """Render the newest reply anchor's own text now (what the next call that extends it needs),
-        off that call's critical path: the gateway runs this after answering. A template that
-        refuses leaves it unrendered, so the next call meets the error as before."""
+        """Prepare the newest reply anchor now (what the next call that extends it needs), off
+        that call's critical path: the gateway runs this after answering. A template that refuses
+        leaves it unprepared, so the next call meets the error as before."""
         anchor = self.anchors[-1] if self.anchors else None
-        if anchor is None or anchor.kind != "reply" or anchor._text_a is not None:
+        if anchor is None or anchor.kind != "reply" or anchor._join is not None:
             return
         template = self.r.template_name(self.r.uses_tools(anchor.messages, conv.tools))
         if tools_fingerprint(conv.tools, template, conv.template_kwargs) != anchor.key:
             return
         try:
-            self._text_a(anchor, conv, template)
+            self._join_of(anchor, conv, template)
         except Exception:  # noqa: BLE001 - see the docstring
-            anchor._text_a = None
+            anchor._join = None
 
     def _extend(
         self, anchor: Anchor, messages: list[Message], conv: Conversation, template: str, prefill: str
     ) -> tuple[list[int] | None, str]:
+        join = self._join_of(anchor, conv, template)
+        if isinstance(join, str):
+            return None, join
+        text_a, cut, base = join
         k = len(anchor.messages)
         full_msgs = _strip(anchor.messages) + list(messages[k:])
         text_full = self.r.render(full_msgs, conv.tools, True, template, conv.template_kwargs) + prefill
-        text_a = self._text_a(anchor, conv, template)
         if not text_full.startswith(text_a):
             return None, "the chat template renders the earlier conversation differently now"
-        # the reply's end-of-turn must be the last thing the template wrote for the conversation so
-        # far, up to whitespace (e.g. ChatML's "<|im_end|>\n"); otherwise the one found belongs to an
-        # earlier message and the reply itself would be rendered again
-        p = text_a.rfind(anchor.eot) if anchor.eot else -1
-        if p < 0 or text_a[p + len(anchor.eot) :].strip():
-            return None, "the chat template writes no end-of-turn token after the reply"
-        cut = p + len(anchor.eot) if anchor.ended else p
-        delta = self.r.encode_continuation(text_full[:cut], text_full[cut:])
+        delta = self.r.encode_after(base, text_full[cut:])
         if delta is None:
             return None, "the new messages do not tokenise stably after the reply"
         return anchor.ids.tolist() + delta, ""

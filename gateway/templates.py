@@ -78,7 +78,10 @@ def _compile(source: str) -> Any:
 
 def _mark(obj: Any, pattern: re.Pattern[str]) -> Any:
     if isinstance(obj, str):
-        obj = obj.replace(MARK_START, "").replace(MARK_END, "")
+        if MARK_START in obj or MARK_END in obj:
+            obj = obj.replace(MARK_START, "").replace(MARK_END, "")
+        if pattern.search(obj) is None:  # the common case: nothing to mark, no copy
+            return obj
         return pattern.sub(lambda m: MARK_START + m.group(0) + MARK_END, obj)
     if isinstance(obj, dict):
         return {k: _mark(v, pattern) for k, v in obj.items()}
@@ -233,14 +236,25 @@ class ChatRenderer:
         """The ids of `right` as they tokenise after `left`, when the join is stable: encoding
         (tail of left) + right gives the tail's ids followed by these. None when it is not (the
         caller then renders afresh). Cheap: only the tail from the last control token is encoded."""
+        if not right or self.starts_with_control(right):
+            return self.encode_after(None, right)
+        return self.encode_after(self.continuation_base(left), right)
+
+    def continuation_base(self, left: str) -> tuple[str, list[int]] | None:
+        """What `encode_after` needs of `left`: its tail from the last control token and the tail's
+        ids (None without a control token). Computed once per left text, ahead of the right one."""
+        tail = self.control_tail(left)
+        return None if tail is None else (tail, self.encode(tail))
+
+    def encode_after(self, base: tuple[str, list[int]] | None, right: str) -> list[int] | None:
+        """`encode_continuation` with the left side's `continuation_base` already computed."""
         if not right:
             return []
         if self.starts_with_control(right):
             return self.encode(right)
-        tail = self.control_tail(left)
-        if tail is None:
+        if base is None:
             return None
-        ids_tail = self.encode(tail)
+        tail, ids_tail = base
         ids_all = self.encode(tail + right)
         if ids_all[: len(ids_tail)] != ids_tail:
             return None

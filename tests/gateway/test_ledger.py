@@ -159,9 +159,9 @@ def test_warming_the_reply_anchor_changes_no_plan(r: ChatRenderer) -> None:
         msgs = [Message("user", "2+3?")]
         call(lazy, r, Conversation(msgs, tools), first)
         _, _, reply, _ = call(warm, r, Conversation(msgs, tools), first)
-        assert warm.anchors[-1]._text_a is None
+        assert warm.anchors[-1]._join is None
         warm.warm(Conversation(msgs, tools))
-        assert warm.anchors[-1]._text_a is not None
+        assert warm.anchors[-1]._join is not None
         nxt = [*msgs, reply, Message("user", "and 3+4?")]
         p_lazy = lazy.plan_chat(Conversation(nxt, tools))
         p_warm = warm.plan_chat(Conversation(nxt, tools))
@@ -170,4 +170,4 @@ def test_warming_the_reply_anchor_changes_no_plan(r: ChatRenderer) -> None:
         other = Ledger(r)  # other tools: another fingerprint, nothing rendered for it
         call(other, r, Conversation(msgs, tools), first)
         other.warm(Conversation(msgs, [{**ADD_TOOL, "function": {**ADD_TOOL["function"], "name": "plus"}}]))
-        assert other.anchors[-1]._text_a is None
+        assert other.anchors[-1]._join is None
