@@ -15,7 +15,7 @@ Throughput: `--concurrency` sessions (default 64) each run a growing conversatio
 gateway for `--duration` seconds; requests/s = completed calls / wall time. The same concurrency
 of direct `/generate` calls (prompts of the same length) gives the engine's own requests/s.
 
-    forge bench gateway [--json] [--requests 150] [--concurrency 64] [--duration 10]
+    forge bench gateway [--json] [--requests 300] [--concurrency 64] [--duration 10]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import httpx
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="forge bench gateway", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", help="forge.models name or directory (engine and tokenizer)")
-    p.add_argument("--requests", type=int, default=150, help="gateway/direct pairs for the latency figures")
+    p.add_argument("--requests", type=int, default=300, help="gateway/direct pairs for the latency figures")
     p.add_argument("--turns", type=int, default=3, help="calls per conversation (latency)")
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=64)
