@@ -35,6 +35,8 @@ def test_episode_through_the_session_api(random_gateway: Any, pool: Any) -> None
     s = info["samples"][0]
     assert set(s) >= {"turn", "prompt_ids", "completion_ids", "logprobs", "weight_version", "prefix_break"}
     assert s["weight_version"] == 0 and s["timings"]["engine_s"] > 0
+    # the engine's own time (SGLang's e2e_latency) is inside the time the gateway waited for it
+    assert 0 < s["timings"]["engine_e2e_s"] < s["timings"]["engine_s"]
     r = httpx.post(
         f"{random_gateway.url}/sessions/ep-1/reward", json={"reward": 0.5, "metrics": {"acc": 1.0}}
     )
