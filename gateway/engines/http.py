@@ -100,7 +100,7 @@ class LeanHTTP:
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise _StaleConnection from exc
             status, headers = _parse_head(head)
-            data = await _read_body(conn.reader, headers)
+            data = b"" if status in (204, 304) else await _read_body(conn.reader, headers)
             reusable = headers.get("connection", "").lower() != "close"
             return status, data
         except asyncio.IncompleteReadError as exc:

@@ -48,6 +48,8 @@ def _app(peers: list[Any]) -> web.Application:
 
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
+        if code == 204:
+            return web.Response(status=204)
         return web.json_response({"error": {"message": f"answered {code}"}}, status=code)
 
     app = web.Application()
@@ -249,6 +251,8 @@ def test_engine_client_maps_statuses_and_refusals() -> None:
             with pytest.raises(EngineUnavailableError, match="timed out|TimeoutError"):
                 await c._request("POST", "/echo?sleep=1", {}, timeout=0.1)
             assert (await c._request("POST", "/echo?n=ok", {"a": 1}))["body"] == {"a": 1}
+            assert await c._request("POST", "/status/204", {}) is None  # no body, stream still in step
+            assert (await c._request("POST", "/echo?n=after", {}))["q"] == "after"
 
     _run(body)
 
