@@ -85,56 +85,26 @@ def build_samples(
 
 
 def split_by_budget(samples: Sequence[TrainSample], budget: int, merge: bool) -> list[list[TrainSample]]:
-    """Order-preserving split into as few micro-batches as the budget allows, evened out.
-
-    Greedy filling gives the fewest micro-batches, but can leave the last one nearly empty (e.g.
-    30,720 + 3,072 tokens): a short pass that runs the GPU below its efficiency and, with a dense
-    mask, attention that is not cheaper per token. So the same number of micro-batches is then
-    filled against the smallest cap that still needs no more of them (a bisection over the cap),
-    which spreads the tokens evenly (skipped when the greedy split is already 90% even). Every
-    micro-batch stays <= budget."""
+    """Greedy, order-preserving split so each micro-batch's packed length stays <= budget."""
+    batches: list[list[TrainSample]] = []
+    trie, used, current = PrefixTrie(), 0, []
     for s in samples:
         if len(s.tokens) > budget:
             raise ValueError(
                 f"sample {s.ref} has {len(s.tokens)} tokens, more than the micro-batch budget "
                 f"trainer.micro_batch_tokens={budget}; raise the budget or cap the episode length"
             )
-    batches, sizes = _fill(samples, budget, merge)
-    if len(batches) < 2 or sum(sizes) >= 0.9 * len(batches) * max(sizes):
-        return batches  # one micro-batch, or already within 10% of even: not worth the search
-    lo = max(max(len(s.tokens) for s in samples), -(-sum(sizes) // len(batches)))
-    hi = max(sizes)  # the greedy split's largest micro-batch: feasible
-    best = batches
-    while lo < hi and hi - lo > budget // 256:  # to within 0.4% of the budget
-        cap = (lo + hi) // 2
-        trial, trial_sizes = _fill(samples, cap, merge)
-        if len(trial) <= len(batches):
-            best, hi = trial, max(trial_sizes)
-        else:
-            lo = cap + 1
-    return best
-
-
-def _fill(samples: Sequence[TrainSample], cap: int, merge: bool) -> tuple[list[list[TrainSample]], list[int]]:
-    """Greedy order-preserving fill: each micro-batch's packed length stays <= cap (samples <= cap)."""
-    batches: list[list[TrainSample]] = []
-    sizes: list[int] = []
-    trie, used, current = PrefixTrie(), 0, []
-    for s in samples:
         added = len(s.tokens) - (trie.matched(s.tokens) if merge else 0)
-        if current and used + added > cap:
+        if current and used + added > budget:
             batches.append(current)
-            sizes.append(used)
             trie, used, current = PrefixTrie(), 0, []
             added = len(s.tokens)
-        if merge:
-            trie.insert(s.tokens)
+        trie.insert(s.tokens)
         used += added
         current.append(s)
     if current:
         batches.append(current)
-        sizes.append(used)
-    return batches, sizes
+    return batches
 
 
 def collate(samples: Sequence[TrainSample], merge: bool) -> MicroBatch:
