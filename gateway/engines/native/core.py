@@ -70,8 +70,10 @@ class EngineCore:
         self._stopped = False
         self.steps = 0
         # cumulative counters for utilisation metrics (read through stats())
-        self._started_at = time.monotonic()
-        self.busy_s = 0.0  # seconds spent in prefill + decode
+        self._started_at = time.perf_counter()
+        # seconds spent in prefill + decode, and when the step under way began (None between steps):
+        # one tuple, swapped whole, so another thread reads a consistent pair (see stats())
+        self._busy: tuple[float, float | None] = (0.0, None)
         self.decode_rows = 0  # sum over decode steps of the batch size
         self.prefills = 0
         self.prefill_rows = 0
@@ -123,16 +125,23 @@ class EngineCore:
         with self._cv:
             return {"running": len(self.rows), "waiting": len(self._waiting)}
 
+    def busy_seconds(self, now: float) -> float:
+        """Seconds spent stepping up to `now` (perf_counter), the step under way included, so that
+        between two reads busy time never exceeds the wall time between them."""
+        total, started = self._busy
+        return total + (max(0.0, now - started) if started is not None else 0.0)
+
     def stats(self) -> dict[str, float]:
         """Cumulative counters; differences between two reads give utilisation over that time."""
+        now = time.perf_counter()
         return {
-            "busy_s": self.busy_s,
+            "busy_s": self.busy_seconds(now),
             "decode_steps": self.steps,
             "decode_rows": self.decode_rows,
             "prefills": self.prefills,
             "prefill_rows": self.prefill_rows,
             "prefill_s": self.prefill_s,
-            "uptime_s": time.monotonic() - self._started_at,
+            "uptime_s": now - self._started_at,
         }
 
     # ---- scheduler thread -----------------------------------------------------------------
@@ -165,10 +174,13 @@ class EngineCore:
         if self.paused:
             return True
         started = time.perf_counter()
-        self._admit()
-        if self.rows:
-            self._decode()
-        self.busy_s += time.perf_counter() - started
+        self._busy = (self._busy[0], started)
+        try:
+            self._admit()
+            if self.rows:
+                self._decode()
+        finally:
+            self._busy = (self._busy[0] + time.perf_counter() - started, None)
         return True
 
     def _take_waiting(self) -> list[Req]:
