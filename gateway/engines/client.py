@@ -12,8 +12,9 @@ Errors are typed: `EngineUnavailableError` when the engine cannot be reached or 
 503 (the gateway turns it into a 503), `EngineRequestError` for a 4xx (bad input: the engine's
 message is kept), `EngineProtocolError` for an answer that does not parse.
 
-`EngineClient` is async (`gateway.engines.http.LeanHTTP` for http://, aiohttp for https://). `SyncEngineClient` is a blocking twin built on the standard library, for scripts, the
-trainer and tests that are not async.
+`EngineClient` is async (`gateway.engines.http.LeanHTTP` for http://, aiohttp for https://).
+`SyncEngineClient` is a blocking twin built on the standard library, for scripts, the trainer and
+tests that are not async.
 
 Sampling parameters use SGLang's names, e.g. ``{"max_new_tokens": 64, "temperature": 0.7,
 "top_p": 0.9, "top_k": 50, "min_p": 0.0, "stop": ["\\n\\n"], "stop_token_ids": [2],

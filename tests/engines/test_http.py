@@ -60,21 +60,24 @@ def _app(peers: list[Any]) -> web.Application:
     return app
 
 
-def _run(body: Callable[[str, list[Any]], Awaitable[None]], **runner_kw: Any) -> None:
+def _run(body: Callable[[LeanHTTP, list[Any]], Awaitable[None]], **runner_kw: Any) -> None:
+    """Serve `_app`, hand `body` a LeanHTTP client of it (closed afterwards) and the peers it saw."""
+
     async def main() -> None:
         peers: list[Any] = []
         runner, url = await _serve(_app(peers), **runner_kw)
+        http = LeanHTTP(url)
         try:
-            await body(url, peers)
+            await body(http, peers)
         finally:
+            await http.aclose()
             await runner.cleanup()
 
     asyncio.run(main())
 
 
 def test_requests_reuse_one_connection_and_get_their_own_answers() -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        http = LeanHTTP(url)
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
         for n in range(20):
             status, raw = await http.request("POST", f"/echo?n={n}", json.dumps({"k": n}).encode())
             assert status == 200
@@ -82,58 +85,49 @@ def test_requests_reuse_one_connection_and_get_their_own_answers() -> None:
         status, raw = await http.request("GET", "/echo?n=get")
         assert status == 200 and json.loads(raw)["q"] == "get"
         assert http.opened == 1 and len(set(peers)) == 1
-        await http.aclose()
 
     _run(body)
 
 
 def test_concurrent_requests_open_parallel_connections_then_reuse_them() -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        http = LeanHTTP(url)
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
         for _ in range(3):
             answers = await asyncio.gather(
                 *(http.request("POST", f"/echo?n={n}&sleep=0.05", b"{}") for n in range(8))
             )
             assert [json.loads(raw)["q"] for _, raw in answers] == [str(n) for n in range(8)]
         assert http.opened == 8
-        await http.aclose()
 
     _run(body)
 
 
 def test_chunked_answer_is_read_whole() -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        http = LeanHTTP(url)
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
         status, raw = await http.request("GET", "/chunked")
         lines = raw.decode().splitlines()
         assert status == 200 and [json.loads(x)["i"] for x in lines] == list(range(50))
         status, raw = await http.request("GET", "/echo?n=after")  # the stream is still in step
         assert json.loads(raw)["q"] == "after" and http.opened == 1
-        await http.aclose()
 
     _run(body)
 
 
 def test_connection_close_answer_is_not_reused() -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        http = LeanHTTP(url)
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
         assert json.loads((await http.request("GET", "/closing"))[1]) == {"bye": True}
         assert json.loads((await http.request("GET", "/echo?n=1"))[1])["q"] == "1"
         assert http.opened == 2
-        await http.aclose()
 
     _run(body)
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        http = LeanHTTP(url)
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
         await http.request("POST", "/echo?n=1", b"{}")
         await asyncio.sleep(0.6)  # past the server's keep-alive timeout: it closed the connection
         status, raw = await http.request("POST", "/echo?n=2", b"{}")
         assert status == 200 and json.loads(raw)["q"] == "2"
         assert http.opened == 2 and len(peers) == 2  # sent once, on a fresh connection
-        await http.aclose()
 
     _run(body, keepalive_timeout=0.2)
 
@@ -165,8 +159,7 @@ def test_a_request_the_server_drops_on_a_reused_connection_is_sent_again_once() 
 
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
 def test_an_abandoned_request_never_answers_the_next_one(how: str) -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        http = LeanHTTP(url)
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
         slow = http.request(
             "POST", "/echo?n=slow&sleep=0.5", b"{}", timeout=0.1 if how == "timeout" else None
         )
@@ -184,7 +177,6 @@ def test_an_abandoned_request_never_answers_the_next_one(how: str) -> None:
         await asyncio.sleep(0.6)  # the slow answer, had it been read on a reused stream, would be here
         assert json.loads((await http.request("POST", "/echo?n=last", b"{}"))[1])["q"] == "last"
         assert http.opened == 2
-        await http.aclose()
 
     _run(body)
 
@@ -241,8 +233,8 @@ def test_only_plain_http_urls() -> None:
 
 
 def test_engine_client_maps_statuses_and_refusals() -> None:
-    async def body(url: str, peers: list[Any]) -> None:
-        async with EngineClient(url) as c:
+    async def body(http: LeanHTTP, peers: list[Any]) -> None:
+        async with EngineClient(f"http://{http.host}:{http.port}") as c:
             with pytest.raises(EngineRequestError) as err:
                 await c._request("POST", "/status/400", {})
             assert err.value.status == 400 and err.value.message == "answered 400"
