@@ -44,6 +44,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--budget", type=int, default=16384, help="micro-batch tokens")
     p.add_argument("--no-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
+    p.add_argument("--compile-mode", default="default", help="trainer.compile_mode")
+    p.add_argument(
+        "--flex-options",
+        type=json.loads,
+        default={},
+        help='trainer.flex_kernel_options as JSON, e.g. {"bwd_num_warps": 8}',
+    )
     p.add_argument("--backend", default="auto")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -68,6 +75,8 @@ def main(argv: list[str]) -> int:
         micro_batch_tokens=args.budget,
         gradient_checkpointing=not args.no_checkpointing,
         compile_layers=args.compile,
+        compile_mode=args.compile_mode,
+        flex_kernel_options=args.flex_options,
         backend=args.backend,
         lr=1e-6,
     )
@@ -109,6 +118,8 @@ def main(argv: list[str]) -> int:
         "precision": trainer.precision,
         "checkpointing": cfg.gradient_checkpointing,
         "compile": cfg.compile_layers,
+        "compile_mode": cfg.compile_mode,
+        "flex_kernel_options": cfg.flex_kernel_options,
         "tokens_per_step": int(m["tree_tokens"]),
         "step_s": round(step_s, 4),
         "tokens_per_s": round(m["tree_tokens"] / step_s, 1),

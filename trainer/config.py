@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -45,6 +46,9 @@ class TrainerConfig:
     grad_clip: float = 1.0
     gradient_checkpointing: bool = True
     compile_layers: bool = False  # torch.compile each decoder layer (GPU; fuses norms, rotary, MLP)
+    compile_mode: str = "default"  # torch.compile mode of those layers: default | max-autotune-no-cudagraphs
+    # FlexAttention kernel options (fwd_/bwd_ BLOCK_M, BLOCK_N, num_stages, num_warps, USE_TMA, ...)
+    flex_kernel_options: dict[str, Any] = field(default_factory=dict)
     fp32_lm_head: bool = False  # compute the LM head in fp32 (M1's train/inference mismatch fix)
     logprob_chunk: int = 1024  # rows per LM-head chunk: [chunk x vocab] is the largest logits block
     seed: int = 0

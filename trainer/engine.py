@@ -38,6 +38,7 @@ log = logging.getLogger("forge.trainer")
 
 SUMMED = ("loss", "trained_tokens", "tree_tokens", "flat_tokens")
 TOKEN_MEANS = ("clip_fraction", "masked_fraction", "entropy", "is_ratio_mean")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(cfg: TrainerConfig) -> str:
@@ -96,6 +97,45 @@ def _fuse_overflow_check(optimizer: Any) -> None:
         return (~torch.isfinite(torch.stack(norms))).any().reshape(1)
 
     optimizer.has_overflow_partitioned_grads_serial = has_overflow_partitioned_grads_serial
+
+
+def _fuse_grad_norm(optimizer: Any) -> None:
+    """Replace ZeRO-1/2's per-gradient L2 norm by one multi-tensor kernel.
+
+    DeepSpeed's `get_grad_norm_direct` upcasts each gradient to fp64 and takes its norm, one
+    tensor at a time (~310 copies + ~310 norm kernels, ~17 ms of host time per step for a 0.6B
+    model, which the GPU waits on). `torch._foreach_norm` takes every per-tensor norm in one
+    launch, accumulating in fp32; the per-tensor norms are then combined in fp64 as before.
+    Same inclusion rules (zero padding and pipeline-replicated parameters skipped), the same
+    all-reduces, and the same non-finite masking as the original; other norm types, model
+    parallelism and CPU offload keep DeepSpeed's own code."""
+    original = getattr(optimizer, "get_grad_norm_direct", None)
+    if original is None or getattr(optimizer, "model_parallel_rank", 0) != 0:
+        return
+    from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
+
+    def get_grad_norm_direct(gradients, params, norm_type=2):
+        if float(norm_type) != 2.0:
+            return original(gradients, params, norm_type)
+        grads = (g for g in gradients if not getattr(g, "_zero_padding", False))
+        kept = [
+            g.detach()
+            for g, p in zip(grads, params, strict=False)  # as DeepSpeed pairs them
+            if not getattr(p, "ds_pipe_replicated", False) and g.numel()
+        ]
+        device = torch.device(str(optimizer.device))
+        if kept:
+            norms = torch.stack(torch._foreach_norm(kept, 2, dtype=torch.float32)).double()
+            total = norms.pow(2).sum().float().to(device)
+        else:
+            total = torch.zeros((), dtype=torch.float32, device=device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=optimizer.dp_process_group)
+        optimizer._model_parallel_all_reduce(tensor=total, op=dist.ReduceOp.SUM)
+        total = total.pow(0.5)
+        mask_nan_or_inf_with_val_inplace(total, device=optimizer.device)
+        return total
+
+    optimizer.get_grad_norm_direct = get_grad_norm_direct
 
 
 def _node_ip() -> str:
@@ -212,9 +252,11 @@ class Trainer:
                 getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             )
             enable({"use_reentrant": False})
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"trainer.compile_mode={cfg.compile_mode!r}: expected one of {COMPILE_MODES}")
         if cfg.compile_layers:
             for layer in model.get_decoder().layers:
-                layer.compile(dynamic=True)
+                layer.compile(dynamic=True, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         model.train()
         self.engine, *_ = deepspeed.initialize(
             model=model,
@@ -224,6 +266,8 @@ class Trainer:
         self.model = self.engine.module
         if cfg.zero_stage in (1, 2):
             _fuse_overflow_check(self.engine.optimizer)
+            if not getattr(self.engine.optimizer, "cpu_offload", False):
+                _fuse_grad_norm(self.engine.optimizer)
         self.step = 0
         self.skipped_steps = 0
         self._sync_group: dist.ProcessGroup | None = None  # weight-update group, formed on first sync
@@ -246,11 +290,12 @@ class Trainer:
         mbs += [filler_microbatch() for _ in range(n_mb - len(mbs))]
         world = float(self.world)
 
-        finite = True
+        finite_losses: list[torch.Tensor] = []
 
         def backward(loss: torch.Tensor) -> None:
-            nonlocal finite
-            finite &= bool(torch.isfinite(loss.detach()))
+            # read once after the last micro-batch: a read here would stall the host until the
+            # forward pass finished, before it could queue the backward
+            finite_losses.append(torch.isfinite(loss.detach()))
             self.engine.backward(loss * world)
 
         prepared = self._clock()
@@ -263,7 +308,9 @@ class Trainer:
             self.cfg.fp32_lm_head,
             self.cfg.logprob_chunk,
             compiled_head=self.cfg.compile_layers,
+            kernel_options=self.cfg.flex_kernel_options or None,
         )
+        finite = bool(torch.stack(finite_losses).all()) if finite_losses else True
         finite = bool(self._all_reduce([0.0 if finite else 1.0])[0] == 0)
         computed = self._clock()
         applied = self._optimizer_step(finite)

@@ -53,8 +53,11 @@ def completion_logprobs(
     fp32_head: bool = False,
     chunk: int = 1024,
     compiled_head: bool = False,
+    kernel_options: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log π [M], entropy [M]) for every completion token of the micro-batch."""
+    """(log π [M], entropy [M]) for every completion token of the micro-batch.
+
+    kernel_options: FlexAttention kernel options (backend "flex" only)."""
     device = next(model.parameters()).device
     packed = mb.packed
     pad = pad_for(backend, packed)
@@ -69,6 +72,7 @@ def completion_logprobs(
         position_ids=pos.to(device)[None],
         attention_mask=mask,
         use_cache=False,
+        **({"kernel_options": kernel_options} if kernel_options and backend == "flex" else {}),
     ).last_hidden_state[0]
     rows = hidden.index_select(0, mb.pred_rows.to(device))
     head = model.get_output_embeddings()

@@ -26,6 +26,7 @@ def forward_backward(
     fp32_head: bool = False,
     chunk: int = 1024,
     compiled_head: bool = False,
+    kernel_options: dict | None = None,
 ) -> dict[str, float]:
     backward = backward or (lambda loss: loss.backward())
     device = next(model.parameters()).device
@@ -35,7 +36,9 @@ def forward_backward(
     mins: dict[str, torch.Tensor] = {}
     n_tok = tree_tokens = flat_tokens = 0
     for mb in microbatches:
-        logp, entropy = completion_logprobs(model, mb, backend, fp32_head, chunk, compiled_head)
+        logp, entropy = completion_logprobs(
+            model, mb, backend, fp32_head, chunk, compiled_head, kernel_options
+        )
         out = policy_loss(
             algo,
             logp,

@@ -76,6 +76,27 @@ def test_fused_overflow_check_answers_like_deepspeed():
     assert not check().item()
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_fused_grad_norm_answers_like_deepspeed(stage):
+    """trainer.engine._fuse_grad_norm gives DeepSpeed's own gradient norm (fp64 per tensor, one
+    at a time) to fp32 rounding, on a real ZeRO optimizer's gradients, and masks a non-finite
+    norm the same way."""
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    tr = Trainer(TrainerConfig(model="tiny", zero_stage=stage), AlgoConfig())
+    opt = tr.engine.optimizer
+    assert "get_grad_norm_direct" in vars(opt), "the fused norm is installed"
+    grads = [torch.randn(n) * s for n, s in ((1000, 1.0), (37, 1e-3), (0, 1.0), (5000, 30.0))]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    ours = opt.get_grad_norm_direct(grads, params)
+    theirs = DeepSpeedZeroOptimizer.get_grad_norm_direct(opt, grads, params)
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    grads[1][3] = float("nan")
+    assert opt.get_grad_norm_direct(grads, params).item() == -1.0
+    assert DeepSpeedZeroOptimizer.get_grad_norm_direct(opt, grads, params).item() == -1.0
+
+
 def test_sample_over_budget_is_named():
     eps = episodes()
     samples, _ = build_samples(eps, {(e.task.id, i): 1.0 for e in eps for i in range(2)}, "token")
