@@ -45,6 +45,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     p.add_argument("--compile-mode", default="default", help="trainer.compile_mode")
+    p.add_argument("--checkpointed-head", action="store_true", help="trainer.fused_lm_head=false")
     p.add_argument(
         "--flex-options",
         type=json.loads,
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
         gradient_checkpointing=not args.no_checkpointing,
         compile_layers=args.compile,
         compile_mode=args.compile_mode,
+        fused_lm_head=not args.checkpointed_head,
         flex_kernel_options=args.flex_options,
         backend=args.backend,
         lr=1e-6,
@@ -119,6 +121,7 @@ def main(argv: list[str]) -> int:
         "checkpointing": cfg.gradient_checkpointing,
         "compile": cfg.compile_layers,
         "compile_mode": cfg.compile_mode,
+        "fused_lm_head": cfg.fused_lm_head,
         "flex_kernel_options": cfg.flex_kernel_options,
         "tokens_per_step": int(m["tree_tokens"]),
         "step_s": round(step_s, 4),

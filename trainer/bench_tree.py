@@ -30,6 +30,7 @@ from trainer.flops import body_params, model_flops
 from trainer.step import forward_backward
 
 COMPILE = False  # set by --compile: decoder layers and the LM-head chunks under torch.compile
+FUSED_HEAD = True  # --checkpointed-head: the chunked head under checkpointing (trainer.logprobs)
 
 
 def agent_episodes(
@@ -68,7 +69,7 @@ def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tup
         torch.cuda.reset_peak_memory_stats()
     _sync(device)
     start = time.perf_counter()
-    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE)
+    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE, fused_head=FUSED_HEAD)
     _sync(device)
     ms = (time.perf_counter() - start) * 1e3
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
@@ -77,7 +78,7 @@ def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tup
 
 def _grads(model, mbs: list[MicroBatch], kernel: str) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE)
+    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE, fused_head=FUSED_HEAD)
     return {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -158,6 +159,7 @@ def bench_config(model, args, calls: int, kernel: str, device: torch.device, voc
         "tree_peak_mb": None if tree_peak is None else round(tree_peak),
         "flat_measured_fraction": round(len(measured) / len(flat), 3),
         "microbatch_tokens": budget,
+        "fused_head": FUSED_HEAD,
     }
 
 
@@ -183,6 +185,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--grad-episodes", type=int, default=2)
     p.add_argument("--no-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile decoder layers and LM-head chunks")
+    p.add_argument("--checkpointed-head", action="store_true", help="the unfused LM head (trainer.logprobs)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -210,8 +213,9 @@ def main(argv: list[str]) -> int:
             getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         )
         enable({"use_reentrant": False})
+    global COMPILE, FUSED_HEAD
+    FUSED_HEAD = not args.checkpointed_head
     if args.compile:
-        global COMPILE
         COMPILE = True
         for layer in model.get_decoder().layers:
             layer.compile(dynamic=True)

@@ -51,4 +51,7 @@ class TrainerConfig:
     flex_kernel_options: dict[str, Any] = field(default_factory=dict)
     fp32_lm_head: bool = False  # compute the LM head in fp32 (M1's train/inference mismatch fix)
     logprob_chunk: int = 1024  # rows per LM-head chunk: [chunk x vocab] is the largest logits block
+    # head + log-softmax + loss with its gradient in one pass (trainer.fused_head): no recomputed
+    # logits. ZeRO-3 (partitioned head weight) always uses the checkpointed head.
+    fused_lm_head: bool = True
     seed: int = 0

@@ -309,6 +309,7 @@ class Trainer:
             self.cfg.logprob_chunk,
             compiled_head=self.cfg.compile_layers,
             kernel_options=self.cfg.flex_kernel_options or None,
+            fused_head=self.cfg.fused_lm_head and self.cfg.zero_stage != 3,
         )
         finite = bool(torch.stack(finite_losses).all()) if finite_losses else True
         finite = bool(self._all_reduce([0.0 if finite else 1.0])[0] == 0)

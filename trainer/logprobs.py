@@ -4,6 +4,7 @@ The decoder runs once over the packed sequence; the LM head and log-softmax then
 the rows that predict a completion token (a branch's next-token logits come from its parent
 token's row; several children may read one row), in chunks of `chunk` rows under activation
 checkpointing, so at most [chunk × vocab] logits exist at any time, in forward and backward.
+trainer.fused_head does the same with the loss's gradient taken in the forward pass (no recompute).
 """
 
 from __future__ import annotations
@@ -46,16 +47,10 @@ def compiled_chunk_logprobs():
     return _compiled_chunk
 
 
-def completion_logprobs(
-    model: torch.nn.Module,
-    mb: MicroBatch,
-    backend: str,
-    fp32_head: bool = False,
-    chunk: int = 1024,
-    compiled_head: bool = False,
-    kernel_options: dict | None = None,
+def completion_rows(
+    model: torch.nn.Module, mb: MicroBatch, backend: str, kernel_options: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log π [M], entropy [M]) for every completion token of the micro-batch.
+    """(hidden [M, H], targets [M]): the decoder's output row that predicts each completion token.
 
     kernel_options: FlexAttention kernel options (backend "flex" only)."""
     device = next(model.parameters()).device
@@ -74,9 +69,21 @@ def completion_logprobs(
         use_cache=False,
         **({"kernel_options": kernel_options} if kernel_options and backend == "flex" else {}),
     ).last_hidden_state[0]
-    rows = hidden.index_select(0, mb.pred_rows.to(device))
+    return hidden.index_select(0, mb.pred_rows.to(device)), mb.targets.to(device)
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    mb: MicroBatch,
+    backend: str,
+    fp32_head: bool = False,
+    chunk: int = 1024,
+    compiled_head: bool = False,
+    kernel_options: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π [M], entropy [M]) for every completion token of the micro-batch."""
+    rows, targets = completion_rows(model, mb, backend, kernel_options)
     head = model.get_output_embeddings()
-    targets = mb.targets.to(device)
     fn = compiled_chunk_logprobs() if compiled_head else _chunk_logprobs
     logps, ents = [], []
     for start in range(0, rows.shape[0], chunk):

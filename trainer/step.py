@@ -1,7 +1,9 @@
 """One policy-gradient pass over a list of micro-batches: plain torch, no DeepSpeed, no Ray.
 
 `forward_backward` runs forward + loss + `backward(loss)` per micro-batch and returns the
-summed loss and per-step diagnostics. The DeepSpeed engine passes its own `backward`; tests and
+summed loss and per-step diagnostics. fused_head=True takes the LM head, log-softmax and loss
+together with their gradient in one pass (trainer.fused_head); the default is the checkpointed,
+chunked head of trainer.logprobs. The DeepSpeed engine passes its own `backward`; tests and
 benchmarks pass `Tensor.backward`.
 """
 
@@ -13,8 +15,9 @@ import torch
 
 from trainer.batch import MicroBatch
 from trainer.config import AlgoConfig
-from trainer.logprobs import completion_logprobs
-from trainer.losses import policy_loss
+from trainer.fused_head import fused_head_loss
+from trainer.logprobs import completion_logprobs, completion_rows
+from trainer.losses import LossOut, policy_loss
 
 
 def forward_backward(
@@ -27,6 +30,7 @@ def forward_backward(
     chunk: int = 1024,
     compiled_head: bool = False,
     kernel_options: dict | None = None,
+    fused_head: bool = False,
 ) -> dict[str, float]:
     backward = backward or (lambda loss: loss.backward())
     device = next(model.parameters()).device
@@ -36,16 +40,28 @@ def forward_backward(
     mins: dict[str, torch.Tensor] = {}
     n_tok = tree_tokens = flat_tokens = 0
     for mb in microbatches:
-        logp, entropy = completion_logprobs(
-            model, mb, backend, fp32_head, chunk, compiled_head, kernel_options
-        )
-        out = policy_loss(
-            algo,
-            logp,
-            mb.behaviour_logprobs.to(device),
-            mb.advantages.to(device),
-            mb.token_weights.to(device),
-        )
+        behaviour = mb.behaviour_logprobs.to(device)
+        adv, weight = mb.advantages.to(device), mb.token_weights.to(device)
+        if fused_head:
+            rows, targets = completion_rows(model, mb, backend, kernel_options)
+
+            def chunk_loss(lp: torch.Tensor, sl: slice, b=behaviour, a=adv, w=weight) -> LossOut:
+                return policy_loss(algo, lp, b[sl], a[sl], w[sl])
+
+            out, logp, entropy = fused_head_loss(
+                rows,
+                model.get_output_embeddings().weight,
+                targets,
+                chunk_loss,
+                chunk,
+                fp32_head,
+                compiled_head,
+            )
+        else:
+            logp, entropy = completion_logprobs(
+                model, mb, backend, fp32_head, chunk, compiled_head, kernel_options
+            )
+            out = policy_loss(algo, logp, behaviour, adv, weight)
         backward(out.loss)
         total += out.loss.detach().double()
         stats = {**out.stats, "entropy": entropy, "logp": logp.detach()}

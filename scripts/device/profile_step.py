@@ -21,6 +21,7 @@ p.add_argument("--samples", type=int, default=32)
 p.add_argument("--compile", action="store_true")
 p.add_argument("--ckpt", action="store_true")
 p.add_argument("--chunk", type=int, default=1024)
+p.add_argument("--unfused", action="store_true", help="the checkpointed LM head")
 args = p.parse_args()
 model = build_model("qwen3_0p6b_random", dtype=torch.bfloat16, device="cuda")
 model.set_attn_implementation("flex_attention")
@@ -44,7 +45,15 @@ print("tokens", sum(m.packed.num_tokens for m in mbs), "mbs", len(mbs))
 
 def step():
     model.zero_grad(set_to_none=True)
-    forward_backward(model, mbs, AlgoConfig(), "flex", chunk=args.chunk, compiled_head=args.compile)
+    forward_backward(
+        model,
+        mbs,
+        AlgoConfig(),
+        "flex",
+        chunk=args.chunk,
+        compiled_head=args.compile,
+        fused_head=not args.unfused,
+    )
     torch.cuda.synchronize()
 
 
