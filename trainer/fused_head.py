@@ -29,25 +29,28 @@ from trainer.losses import LossOut
 ChunkLoss = Callable[[torch.Tensor, slice], LossOut]  # (log π [m] of rows sl, sl) → that chunk's loss
 
 
-def _logits_stats(
+def _softmax_pass(
     logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits [m, V] → (log π(target) [m], entropy [m], logsumexp [m]), all fp32."""
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
-    probs = torch.exp(logits - lse.unsqueeze(1))
-    entropy = lse - (probs * logits).sum(-1)
-    return logp, entropy, lse
+    """logits [m, V] → (log π(target) [m], entropy [m], softmax [m, V]), all fp32.
+
+    Written for few passes over [m, V] in eager mode too: one upcast, the logsumexp, one exp,
+    and the entropy's Σ p·x as a batched dot product (no [m, V] product tensor)."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    probs = (x - lse.unsqueeze(1)).exp_()
+    logp = x.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
+    entropy = lse - torch.einsum("mv,mv->m", probs, x)
+    return logp, entropy, probs
 
 
-def _logits_grad(
-    logits: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype
+def _grad_pass(
+    probs: torch.Tensor, g: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """d loss / d logits [m, V] = g_t · (onehot(y_t) − softmax_t), in `dtype`."""
-    probs = torch.exp(logits.float() - lse.unsqueeze(1))
-    onehot = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) == targets.unsqueeze(1)
-    return (g.unsqueeze(1) * (onehot.float() - probs)).to(dtype)
+    """d loss / d logits [m, V] = g_t · (onehot(y_t) − softmax_t), in `dtype`; overwrites probs."""
+    grad = probs.mul_(-g.unsqueeze(1))
+    grad.scatter_add_(1, targets.unsqueeze(1), g.unsqueeze(1))
+    return grad.to(dtype)
 
 
 _compiled: dict[str, Callable] = {}
@@ -56,17 +59,17 @@ _compiled: dict[str, Callable] = {}
 def _kernels(compiled: bool) -> tuple[Callable, Callable]:
     """The two elementwise passes, fused by torch.compile when asked (GPU)."""
     if not compiled:
-        return _logits_stats, _logits_grad
+        return _softmax_pass, _grad_pass
     if not _compiled:
-        _compiled["stats"] = torch.compile(_logits_stats, dynamic=True)
-        _compiled["grad"] = torch.compile(_logits_grad, dynamic=True)
-    return _compiled["stats"], _compiled["grad"]
+        _compiled["softmax"] = torch.compile(_softmax_pass, dynamic=True)
+        _compiled["grad"] = torch.compile(_grad_pass, dynamic=True)
+    return _compiled["softmax"], _compiled["grad"]
 
 
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, weight, targets, loss_fn, chunk, fp32, compiled, side):
-        stats_fn, grad_fn = _kernels(compiled)
+        softmax_fn, grad_fn = _kernels(compiled)
         w = weight.float() if fp32 else weight
         grad_rows = torch.empty_like(rows)
         grad_w = torch.zeros(weight.shape, dtype=w.dtype, device=weight.device)
@@ -76,13 +79,14 @@ class _FusedHeadLoss(torch.autograd.Function):
             sl = slice(start, start + chunk)
             h = rows[sl].to(w.dtype)  # [m, H]
             logits = h @ w.T  # [m, V]
-            logp, entropy, lse = stats_fn(logits, targets[sl])
+            logp, entropy, probs = softmax_fn(logits, targets[sl])
+            del logits
             with torch.enable_grad():
                 leaf = logp.detach().requires_grad_()
                 out = loss_fn(leaf, sl)
                 (g,) = torch.autograd.grad(out.loss, leaf)
-            dlogits = grad_fn(logits, lse, g, targets[sl], w.dtype)  # [m, V]
-            del logits
+            dlogits = grad_fn(probs, g, targets[sl], w.dtype)  # [m, V]
+            del probs
             grad_rows[sl] = (dlogits @ w).to(rows.dtype)
             grad_w.addmm_(dlogits.T, h)
             loss += out.loss.detach().float()
