@@ -232,14 +232,6 @@ class ChatRenderer:
             last = m
         return None if last is None else text[last.start() :]
 
-    def encode_continuation(self, left: str, right: str) -> list[int] | None:
-        """The ids of `right` as they tokenise after `left`, when the join is stable: encoding
-        (tail of left) + right gives the tail's ids followed by these. None when it is not (the
-        caller then renders afresh). Cheap: only the tail from the last control token is encoded."""
-        if not right or self.starts_with_control(right):
-            return self.encode_after(None, right)
-        return self.encode_after(self.continuation_base(left), right)
-
     def continuation_base(self, left: str) -> tuple[str, list[int]] | None:
         """What `encode_after` needs of `left`: its tail from the last control token and the tail's
         ids (None without a control token). Computed once per left text, ahead of the right one."""
@@ -247,7 +239,10 @@ class ChatRenderer:
         return None if tail is None else (tail, self.encode(tail))
 
     def encode_after(self, base: tuple[str, list[int]] | None, right: str) -> list[int] | None:
-        """`encode_continuation` with the left side's `continuation_base` already computed."""
+        """The ids of `right` as they tokenise after the left text whose `continuation_base` is
+        `base`, when the join is stable: encoding (tail of left) + right gives the tail's ids
+        followed by these. None when it is not (the caller then renders afresh). Cheap: only the
+        tail from the left text's last control token is encoded."""
         if not right:
             return []
         if self.starts_with_control(right):

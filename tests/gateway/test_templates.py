@@ -75,17 +75,19 @@ def test_control_tokens_typed_by_clients_are_text(hermes: ChatRenderer) -> None:
     assert unsafe.encode(unsafe.render(msgs, None, True, "native")).count(im_end) == 3
 
 
-def test_encode_continuation_is_exact_after_a_control_token(hermes: ChatRenderer) -> None:
+def test_encode_after_is_exact_after_a_control_token(hermes: ChatRenderer) -> None:
     left = "<|im_start|>user\nhello<|im_end|>"
     right = "\n<|im_start|>user\nnext one<|im_end|>\n<|im_start|>assistant\n"
-    delta = hermes.encode_continuation(left, right)
+    delta = hermes.encode_after(hermes.continuation_base(left), right)
     assert delta is not None and hermes.encode(left) + delta == hermes.encode(left + right)
 
 
-def test_encode_continuation_refuses_an_unstable_join(hermes: ChatRenderer) -> None:
+def test_encode_after_refuses_an_unstable_join(hermes: ChatRenderer) -> None:
     left = "<|im_start|>user\nhel"
-    assert hermes.encode_continuation(left, "lo world") is None  # "hello" is one token, not "hel" + "lo"
-    assert hermes.encode_continuation("no control token here", "x") is None
+    # "hello" is one token, not "hel" + "lo"
+    assert hermes.encode_after(hermes.continuation_base(left), "lo world") is None
+    assert hermes.continuation_base("no control token here") is None
+    assert hermes.encode_after(None, "x") is None
 
 
 def test_template_errors_are_reported(hermes: ChatRenderer) -> None:
