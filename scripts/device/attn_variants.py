@@ -92,34 +92,33 @@ VARIANTS = {
 
 rows = []
 only = set(filter(None, args.only.split(",")))
-for name, opts in VARIANTS.items():
+
+
+def measure(name, make_fn, batch_form=False):
+    """Time `make_fn()` on fresh inputs; a config the kernel refuses (shared memory, assertion) is a
+    NaN row. Variants left out by --only are not even compiled."""
     if only and name not in only:
-        continue
-    torch._dynamo.reset()
-    fn = torch.compile(
-        lambda q, k, v, opts=opts: flex_attention(
-            q, k, v, block_mask=bm, enable_gqa=True, kernel_options=opts
-        ),
-        dynamic=False,
-    )
+        return
     try:
-        rows.append((name, *bench(fn, *inputs())))
-    except Exception as e:  # a config the kernel refuses (shared memory, assertion)
+        rows.append((name, *bench(make_fn(), *inputs(batch_form))))
+    except Exception as e:
         rows.append((name, float("nan"), float("nan")))
         print(name, "failed:", type(e).__name__, str(e).splitlines()[0][:200], flush=True)
     print(json.dumps({"variant": name, "fwd_ms": rows[-1][1], "fwd_bwd_ms": rows[-1][2]}), flush=True)
 
-if not only or "flex_autotune" in only:
+
+def compiled_flex(opts, mode=None):
     torch._dynamo.reset()
-    fn = torch.compile(
-        lambda q, k, v: flex_attention(q, k, v, block_mask=bm, enable_gqa=True),
+    return torch.compile(
+        lambda q, k, v: flex_attention(q, k, v, block_mask=bm, enable_gqa=True, kernel_options=opts),
         dynamic=False,
-        mode="max-autotune-no-cudagraphs",
+        mode=mode,
     )
-    rows.append(("flex_autotune", *bench(fn, *inputs())))
-    print(
-        json.dumps({"variant": "flex_autotune", "fwd_ms": rows[-1][1], "fwd_bwd_ms": rows[-1][2]}), flush=True
-    )
+
+
+for name, opts in VARIANTS.items():
+    measure(name, lambda opts=opts: compiled_flex(opts))
+measure("flex_autotune", lambda: compiled_flex({}, mode="max-autotune-no-cudagraphs"))
 
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
@@ -127,18 +126,12 @@ for name, backend in (
     ("sdpa_cudnn_batch", SDPBackend.CUDNN_ATTENTION),
     ("sdpa_flash_batch", SDPBackend.FLASH_ATTENTION),
 ):
-    if only and name not in only:
-        continue
 
     def sdpa(q, k, v, backend=backend):
         with sdpa_kernel(backend):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
-    try:
-        rows.append((name, *bench(sdpa, *inputs(batch_form=True))))
-    except Exception as e:
-        rows.append((name, float("nan"), float("nan")))
-        print(name, "failed:", type(e).__name__, str(e).splitlines()[0][:200], flush=True)
+    measure(name, lambda sdpa=sdpa: sdpa, batch_form=True)
 
 print(f"\n{T} tokens, {args.docs} docs × {args.doc_len}, H={H} KV={KV} D={D}, {torch.cuda.get_device_name()}")
 print(f"{'variant':22s} {'fwd ms':>8s} {'fwd TF/s':>9s} {'f+b ms':>8s} {'f+b TF/s':>9s}")
