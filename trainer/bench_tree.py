@@ -97,7 +97,12 @@ def groups_for(min_tree_tokens: int, group_size: int, calls: int, tokens_per_cal
     return max(1, -(-min_tree_tokens // per_group))
 
 
-def bench_config(model, args, calls: int, kernel: str, device: torch.device, vocab: int) -> dict[str, Any]:
+def bench_batches(
+    args, calls: int, vocab: int
+) -> tuple[list[Episode], list[MicroBatch], list[MicroBatch], int]:
+    """(episodes, tree micro-batches, flat micro-batches, budget) of one calls-per-episode setting:
+    whole groups until the merged batch holds args.min_tree_tokens, packed to args.budget (raised to
+    the next 1024 above the longest sample when one exceeds it)."""
     rng = np.random.default_rng(args.seed)
     groups = groups_for(
         args.min_tree_tokens, args.group_size, calls, args.tokens_per_call, args.prompt_tokens
@@ -114,6 +119,12 @@ def bench_config(model, args, calls: int, kernel: str, device: torch.device, voc
     budget = max(args.budget, -(-longest // 1024) * 1024)
     tree = make_microbatches(samples, budget, merge=True)
     flat = make_microbatches(samples, budget, merge=False)
+    return episodes, tree, flat, budget
+
+
+def bench_config(model, args, calls: int, kernel: str, device: torch.device, vocab: int) -> dict[str, Any]:
+    episodes, tree, flat, budget = bench_batches(args, calls, vocab)
+    groups = len(episodes) // args.group_size
     n_body = body_params(model)
     flop_ratio = model_flops(model.config, n_body, flat) / model_flops(model.config, n_body, tree)
     flat_tokens = sum(mb.packed.num_tokens for mb in flat)

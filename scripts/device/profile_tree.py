@@ -12,13 +12,10 @@ the flat batch's efficiency per FLOP (RESULTS.md, session 6).
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import trainer.bench_tree as bt
 from forge.models import build_model
-from trainer.advantages import group_relative
-from trainer.batch import build_samples, make_microbatches
 from trainer.flops import body_params, model_flops
 
 p = argparse.ArgumentParser()
@@ -52,14 +49,11 @@ if args.compile:
 bt.FUSED_HEAD = not args.checkpointed_head
 model.train()
 vocab = model.config.vocab_size
-rng = np.random.default_rng(0)
-groups = bt.groups_for(min_tree, 8, args.calls, tpc, tpc)
-episodes = [e for g in range(groups) for e in bt.agent_episodes(rng, 8, args.calls, tpc, tpc, vocab, f"g{g}")]
-samples, _ = build_samples(episodes, group_relative(episodes), "token")
-batches = {
-    "tree": make_microbatches(samples, budget, merge=True),
-    "flat": make_microbatches(samples, budget, merge=False),
-}
+setting = argparse.Namespace(
+    seed=0, group_size=8, tokens_per_call=tpc, prompt_tokens=tpc, min_tree_tokens=min_tree, budget=budget
+)
+_, tree, flat, _ = bt.bench_batches(setting, args.calls, vocab)  # the bench's own batch
+batches = {"tree": tree, "flat": flat}
 device = torch.device(args.device)
 n_body = body_params(model)
 recompute = 0.0 if args.no_checkpointing else 1.0  # decoder forward once more under checkpointing
