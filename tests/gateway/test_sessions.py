@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -86,16 +87,24 @@ def test_an_aborted_task_stops_its_session(random_gateway: Any, pool: Any) -> No
 
 
 def test_answers_do_not_wait_for_the_pool_but_reward_does(random_gateway: Any, pool: Any) -> None:
-    """Write-behind recording: with Redis refusing writes for 5 s, a call is answered at once and
+    """Write-behind recording: with Redis refusing writes, a call is answered at once and
     its sample is not in the pool yet; the reward waits for the append, so the count is exact the
     moment it returns."""
     sess = open_session(random_gateway.url, pool)
     assert chat(sess["base_url"]).status_code == 200
-    pool.client.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # reads still answered
+    # the first call's append is written behind its answer, and the next call waits for it (calls
+    # are recorded in order): pause only once it has landed, or the second call waits on the pause
+    deadline = time.monotonic() + 10
+    while pool.task_status(sess["task_id"]).n_samples < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.task_status(sess["task_id"]).n_samples == 1
+    # reads are still answered; lifted below, not by a timeout, so a slow call cannot outlast it
+    pool.client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
     try:
         assert chat(sess["base_url"]).status_code == 200
         assert pool.task_status(sess["task_id"]).n_samples == 1  # the second append is on the wire
     finally:
+        pool.client.execute_command("CLIENT", "UNPAUSE")
         r = httpx.post(
             f"{random_gateway.url}/sessions/{sess['session_id']}/reward", json={"reward": 1.0}, timeout=30
         )
