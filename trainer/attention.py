@@ -30,11 +30,10 @@ def pad_for(backend: str, packed: Packed) -> int:
 
 def build_mask(backend: str, packed: Packed, device: torch.device, pad: int = 0) -> Any:
     """The attention mask for `packed` (+ `pad` trailing tokens that attend only to themselves)."""
-    end = packed.subtree_end
+    end = packed.subtree_end.to(device)
     if pad:
         t = packed.num_tokens
-        end = torch.cat([end, torch.arange(t + 1, t + pad + 1)])
-    end = end.to(device)
+        end = torch.cat([end, torch.arange(t + 1, t + pad + 1, device=device)])
     if backend == "sdpa_dense":
         t = end.numel()
         q = torch.arange(t, device=device).unsqueeze(1)

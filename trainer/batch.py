@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,6 +38,35 @@ class MicroBatch:
     sample_ids: torch.Tensor  # [M] index into `refs`
     refs: list[str] = field(default_factory=list)
     flat_tokens: int = 0  # tokens these samples take unmerged
+
+    def to(self, device: torch.device) -> MicroBatch:
+        """This micro-batch with its tensors on `device` (the packed tree's, and the per-token ones).
+
+        On CUDA: one pinned, non-blocking copy per dtype. A plain `.to(device)` from pageable
+        memory waits for every kernel already queued, so copying a tensor in the middle of a
+        pass (say, the rows to read after the decoder's forward) idles the GPU until the host
+        catches up again. Staging every micro-batch before the first forward avoids that.
+        """
+        if device.type != "cuda":
+            return self
+        p = self.packed
+        longs = [p.input_ids, p.position_ids, p.subtree_end, self.pred_rows, self.targets, self.sample_ids]
+        floats = [self.behaviour_logprobs, self.advantages, self.token_weights]
+        on_device = []
+        for parts, dtype in ((longs, torch.long), (floats, torch.float32)):
+            staged = torch.cat([t.to(dtype) for t in parts]).pin_memory().to(device, non_blocking=True)
+            on_device += list(staged.split([t.numel() for t in parts]))
+        ids, pos, end, rows, targets, sids, behaviour, adv, weights = on_device
+        return replace(
+            self,
+            packed=replace(p, input_ids=ids, position_ids=pos, subtree_end=end),
+            pred_rows=rows,
+            targets=targets,
+            sample_ids=sids,
+            behaviour_logprobs=behaviour,
+            advantages=adv,
+            token_weights=weights,
+        )
 
 
 def usable_samples(episodes: Sequence[Episode]) -> tuple[list[tuple[Episode, int]], int]:

@@ -56,15 +56,15 @@ def completion_rows(
     device = next(model.parameters()).device
     packed = mb.packed
     pad = pad_for(backend, packed)
-    ids, pos = packed.input_ids, packed.position_ids
+    ids, pos = packed.input_ids.to(device), packed.position_ids.to(device)  # no-op once staged
     if pad:
-        ids = torch.cat([ids, torch.zeros(pad, dtype=ids.dtype)])
-        pos = torch.cat([pos, torch.zeros(pad, dtype=pos.dtype)])
+        ids = torch.cat([ids, ids.new_zeros(pad)])
+        pos = torch.cat([pos, pos.new_zeros(pad)])
     mask = build_mask(backend, packed, device, pad)
     decoder = model.get_decoder()
     hidden = decoder(
-        input_ids=ids.to(device)[None],
-        position_ids=pos.to(device)[None],
+        input_ids=ids[None],
+        position_ids=pos[None],
         attention_mask=mask,
         use_cache=False,
         **({"kernel_options": kernel_options} if kernel_options and backend == "flex" else {}),

@@ -39,9 +39,9 @@ def forward_backward(
     maxes: dict[str, torch.Tensor] = {}
     mins: dict[str, torch.Tensor] = {}
     n_tok = tree_tokens = flat_tokens = 0
-    for mb in microbatches:
-        behaviour = mb.behaviour_logprobs.to(device)
-        adv, weight = mb.advantages.to(device), mb.token_weights.to(device)
+    staged = [mb.to(device) for mb in microbatches]  # every copy queued before the first kernel
+    for mb in staged:
+        behaviour, adv, weight = mb.behaviour_logprobs, mb.advantages, mb.token_weights
         if fused_head:
             rows, targets = completion_rows(model, mb, backend, kernel_options)
 
@@ -75,19 +75,23 @@ def forward_backward(
         tree_tokens += mb.packed.num_tokens
         flat_tokens += mb.flat_tokens
     n = max(n_tok, 1)
+    # one device → host read for every statistic (each float() of a GPU tensor is a sync)
+    names = ["loss", *(f"sum_{k}" for k in sums), *(f"max_{k}" for k in maxes), *(f"min_{k}" for k in mins)]
+    read = torch.stack([total, *sums.values(), *maxes.values(), *mins.values()]).double().tolist()
+    got = dict(zip(names, read, strict=True))
     metrics = {
-        "loss": float(total),
-        "clip_fraction": float(sums.get("clipped", 0)) / n,
-        "masked_fraction": float(sums.get("masked", 0)) / n,
-        "entropy": float(sums.get("entropy", 0)) / n,
-        "is_ratio_mean": float(sums.get("ratio", 0)) / n,
-        "is_ratio_max": float(maxes["ratio"]) if "ratio" in maxes else 0.0,
-        "is_ratio_min": float(mins["ratio"]) if "ratio" in mins else 0.0,
+        "loss": got["loss"],
+        "clip_fraction": got.get("sum_clipped", 0.0) / n,
+        "masked_fraction": got.get("sum_masked", 0.0) / n,
+        "entropy": got.get("sum_entropy", 0.0) / n,
+        "is_ratio_mean": got.get("sum_ratio", 0.0) / n,
+        "is_ratio_max": got.get("max_ratio", 0.0),
+        "is_ratio_min": got.get("min_ratio", 0.0),
         "trained_tokens": float(n_tok),
         "tree_tokens": float(tree_tokens),
         "flat_tokens": float(flat_tokens),
         "microbatches": float(len(microbatches)),
     }
     if "tis" in sums:
-        metrics.update(tis_mean=float(sums["tis"]) / n, tis_max=float(maxes["tis"]))
+        metrics.update(tis_mean=got["sum_tis"] / n, tis_max=got["max_tis"])
     return metrics
