@@ -138,6 +138,40 @@ def _fuse_grad_norm(optimizer: Any) -> None:
     optimizer.get_grad_norm_direct = get_grad_norm_direct
 
 
+def _fuse_clip_into_adam(optimizer: Any) -> None:
+    """Let torch's fused AdamW apply ZeRO-1/2's clip scale instead of a separate pass.
+
+    DeepSpeed's `unscale_and_clip_grads` multiplies the fp32 gradient partition by 1/scale
+    (scale = loss scale × clip factor) before the optimizer reads it: one more read and write of
+    4 bytes per parameter (1.7 ms per step for a 0.6B model on an H200). The fused AdamW kernel
+    already divides each gradient by its `grad_scale` tensor (the hook torch's GradScaler uses),
+    so the same scale, computed as DeepSpeed computes it, is handed to the kernel instead."""
+    inner = getattr(optimizer, "optimizer", None)
+    if (
+        not isinstance(inner, torch.optim.Adam)  # AdamW subclasses Adam
+        or not inner.defaults.get("fused")
+        or not hasattr(optimizer, "unscale_and_clip_grads")
+        or getattr(optimizer, "torch_autocast_gradscaler", None)
+        or getattr(optimizer, "cpu_offload", False)
+    ):
+        return
+
+    def unscale_and_clip_grads(grad_groups_flat, total_norm):
+        inner.grad_scale = None
+        clip, loss_scale = optimizer.clip_grad, optimizer.loss_scale
+        if clip == 0.0 and loss_scale == 1.0:
+            return
+        device = grad_groups_flat[0].device
+        scale = torch.as_tensor(loss_scale, dtype=torch.float32, device=device)
+        if clip > 0.0:
+            norm = torch.as_tensor(total_norm, dtype=torch.float32, device=device)
+            norm = torch.where(torch.isfinite(norm) & (norm >= 0), norm, float("inf"))  # as DeepSpeed
+            scale = torch.clamp((norm / loss_scale + 1e-6) / clip, min=1.0) * loss_scale
+        inner.grad_scale = scale.reshape(1)
+
+    optimizer.unscale_and_clip_grads = unscale_and_clip_grads
+
+
 def _node_ip() -> str:
     try:
         import ray
@@ -268,6 +302,7 @@ class Trainer:
             _fuse_overflow_check(self.engine.optimizer)
             if not getattr(self.engine.optimizer, "cpu_offload", False):
                 _fuse_grad_norm(self.engine.optimizer)
+            _fuse_clip_into_adam(self.engine.optimizer)
         self.step = 0
         self.skipped_steps = 0
         self._sync_group: dist.ProcessGroup | None = None  # weight-update group, formed on first sync

@@ -97,6 +97,43 @@ def test_fused_grad_norm_answers_like_deepspeed(stage):
     assert DeepSpeedZeroOptimizer.get_grad_norm_direct(opt, grads, params).item() == -1.0
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_clip_in_fused_adam_steps_like_deepspeed(stage, monkeypatch):
+    """trainer.engine._fuse_clip_into_adam: with the clip scale handed to torch's fused AdamW as
+    its grad_scale, two clipped steps leave the same weights as DeepSpeed's own separate clip pass
+    (fused AdamW on CPU here, as on CUDA in production). A large Adam eps makes the update depend
+    on the gradient's scale, so a clip that was dropped would show (checked against no clip)."""
+    import trainer.engine as engine
+
+    plain_config = engine.deepspeed_config
+
+    def fused_config(*args, **kwargs):
+        config = plain_config(*args, **kwargs)
+        config["optimizer"]["params"]["fused"] = True
+        return config
+
+    monkeypatch.setattr(engine, "deepspeed_config", fused_config)
+    cfg = TrainerConfig(model="tiny", zero_stage=stage, lr=1e-2, grad_clip=1e-3, adam_eps=1e-4)
+    ours = Trainer(cfg, AlgoConfig())
+    monkeypatch.setattr(engine, "_fuse_clip_into_adam", lambda optimizer: None)
+    theirs = Trainer(cfg, AlgoConfig())
+    unclipped = Trainer(TrainerConfig(**{**vars(cfg), "grad_clip": 0.0}), AlgoConfig())
+    assert "unscale_and_clip_grads" in vars(ours.engine.optimizer)
+    assert "unscale_and_clip_grads" not in vars(theirs.engine.optimizer)
+    assert ours.engine.optimizer.optimizer.defaults["fused"]
+    for seed in (0, 1):
+        a, b = ours.train_step(episodes(seed)), theirs.train_step(episodes(seed))
+        unclipped.train_step(episodes(seed))
+        assert a["step_applied"] == b["step_applied"] == 1.0
+        assert a["grad_norm"] > 10 * cfg.grad_clip  # the clip changes the step
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6)
+    reference = dict(theirs.model.named_parameters())
+    far = dict(unclipped.model.named_parameters())
+    for name, p in ours.model.named_parameters():
+        torch.testing.assert_close(p, reference[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert any(not torch.allclose(p, far[n], rtol=1e-6, atol=1e-7) for n, p in ours.model.named_parameters())
+
+
 def test_sample_over_budget_is_named():
     eps = episodes()
     samples, _ = build_samples(eps, {(e.task.id, i): 1.0 for e in eps for i in range(2)}, "token")
