@@ -39,10 +39,12 @@ flops_fb = 12 * H * D * pairs  # fwd 4·, bwd 8·
 flops_f = 4 * H * D * pairs
 
 
-def inputs(batch_form=False):
+def inputs(batch_form=False, varlen_form=False):
     g = torch.Generator(device=dev).manual_seed(0)
     shape = (args.docs, H, args.doc_len, D) if batch_form else (1, H, T, D)
     kvshape = (args.docs, KV, args.doc_len, D) if batch_form else (1, KV, T, D)
+    if varlen_form:
+        shape, kvshape = (T, H, D), (T, KV, D)
     q = torch.randn(shape, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
     k = torch.randn(kvshape, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
     v = torch.randn(kvshape, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
@@ -94,13 +96,13 @@ rows = []
 only = set(filter(None, args.only.split(",")))
 
 
-def measure(name, make_fn, batch_form=False):
+def measure(name, make_fn, batch_form=False, varlen_form=False):
     """Time `make_fn()` on fresh inputs; a config the kernel refuses (shared memory, assertion) is a
     NaN row. Variants left out by --only are not even compiled."""
     if only and name not in only:
         return
     try:
-        rows.append((name, *bench(make_fn(), *inputs(batch_form))))
+        rows.append((name, *bench(make_fn(), *inputs(batch_form, varlen_form))))
     except Exception as e:
         rows.append((name, float("nan"), float("nan")))
         print(name, "failed:", type(e).__name__, str(e).splitlines()[0][:200], flush=True)
@@ -132,6 +134,28 @@ for name, backend in (
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
     measure(name, lambda sdpa=sdpa: sdpa, batch_form=True)
+
+
+def make_varlen():
+    """torch's FlashAttention-2 varlen op over the packed documents ([T, heads, dim] layout)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    cu = torch.arange(0, T + 1, args.doc_len, device=dev, dtype=torch.int32)
+    for kw in (  # the signature changed between torch releases
+        {"window_size": (-1, 0), "enable_gqa": True},
+        {"window_size": (-1, 0)},
+        {"is_causal": True, "enable_gqa": True},
+        {"is_causal": True},
+    ):
+        try:
+            varlen_attn(*inputs(varlen_form=True), cu, cu, args.doc_len, args.doc_len, **kw)
+            break
+        except TypeError as e:
+            print("varlen_attn", kw, "refused:", e, flush=True)
+    return lambda q, k, v: varlen_attn(q, k, v, cu, cu, args.doc_len, args.doc_len, **kw)
+
+
+measure("varlen_fa2", make_varlen, varlen_form=True)
 
 print(f"\n{T} tokens, {args.docs} docs × {args.doc_len}, H={H} KV={KV} D={D}, {torch.cuda.get_device_name()}")
 print(f"{'variant':22s} {'fwd ms':>8s} {'fwd TF/s':>9s} {'f+b ms':>8s} {'f+b TF/s':>9s}")
