@@ -52,6 +52,13 @@ def main(argv: list[str]) -> int:
         default={},
         help='trainer.flex_kernel_options as JSON, e.g. {"bwd_num_warps": 8}',
     )
+    p.add_argument(
+        "--zero-options",
+        type=json.loads,
+        default={},
+        help='trainer.zero_options as JSON, e.g. {"overlap_comm": true}',
+    )
+    p.add_argument("--chunk", type=int, default=1024, help="trainer.logprob_chunk: LM-head rows per chunk")
     p.add_argument("--backend", default="auto")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -79,6 +86,8 @@ def main(argv: list[str]) -> int:
         compile_mode=args.compile_mode,
         fused_lm_head=not args.checkpointed_head,
         flex_kernel_options=args.flex_options,
+        zero_options=args.zero_options,
+        logprob_chunk=args.chunk,
         backend=args.backend,
         lr=1e-6,
     )
@@ -123,6 +132,8 @@ def main(argv: list[str]) -> int:
         "compile_mode": cfg.compile_mode,
         "fused_lm_head": cfg.fused_lm_head,
         "flex_kernel_options": cfg.flex_kernel_options,
+        "zero_options": cfg.zero_options,
+        "logprob_chunk": cfg.logprob_chunk,
         "tokens_per_step": int(m["tree_tokens"]),
         "step_s": round(step_s, 4),
         "tokens_per_s": round(m["tree_tokens"] / step_s, 1),

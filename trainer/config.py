@@ -54,4 +54,7 @@ class TrainerConfig:
     # head + log-softmax + loss with its gradient in one pass (trainer.fused_head): no recomputed
     # logits. ZeRO-3 (partitioned head weight) always uses the checkpointed head.
     fused_lm_head: bool = True
+    # extra keys for DeepSpeed's zero_optimization section (overlap_comm, contiguous_gradients,
+    # reduce_bucket_size, ...), checked by DeepSpeed at start; "stage" comes from zero_stage
+    zero_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0

@@ -194,13 +194,17 @@ def deepspeed_config(
 ) -> dict[str, Any]:
     if cfg.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"trainer.zero_stage={cfg.zero_stage}: expected 0, 1, 2 or 3")
+    if "stage" in cfg.zero_options:
+        raise ValueError(
+            "trainer.zero_options: set the stage with trainer.zero_stage, not zero_options.stage"
+        )
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "train_batch_size": world_size,
         "gradient_clipping": cfg.grad_clip,
         "steps_per_print": 10**9,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {**cfg.zero_options, "stage": cfg.zero_stage},
         "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
         "optimizer": {
             "type": "AdamW",

@@ -134,6 +134,17 @@ def test_clip_in_fused_adam_steps_like_deepspeed(stage, monkeypatch):
     assert any(not torch.allclose(p, far[n], rtol=1e-6, atol=1e-7) for n, p in ours.model.named_parameters())
 
 
+def test_zero_options_reach_deepspeed_and_a_wrong_key_fails_at_start():
+    cfg = TrainerConfig(model="tiny", zero_stage=2, zero_options={"reduce_bucket_size": 1000})
+    tr = Trainer(cfg, AlgoConfig())
+    assert tr.engine.zero_reduce_bucket_size() == 1000
+    assert tr.train_step(episodes())["step_applied"] == 1.0
+    with pytest.raises(Exception, match="overlap_com"):
+        Trainer(TrainerConfig(model="tiny", zero_stage=2, zero_options={"overlap_com": True}), AlgoConfig())
+    with pytest.raises(ValueError, match="trainer.zero_stage"):
+        Trainer(TrainerConfig(model="tiny", zero_options={"stage": 3}), AlgoConfig())
+
+
 def test_sample_over_budget_is_named():
     eps = episodes()
     samples, _ = build_samples(eps, {(e.task.id, i): 1.0 for e in eps for i in range(2)}, "token")
