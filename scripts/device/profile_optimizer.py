@@ -2,13 +2,14 @@
 
 usage: python3 scripts/device/profile_optimizer.py [--zero-stage 2] [--compile]
 Prints the phase times of a few steps, then the top ops of one profiled optimizer step by CUDA
-and by CPU time.
+and by CPU time, then where the GPU idles in one whole profiled train step (trace_gaps).
 """
 
 import argparse
 
 import numpy as np
 import torch
+from trace_gaps import report  # this script's folder is on sys.path
 
 from forge.models import build_model
 from forge.types import Episode, Sample, Task
@@ -69,3 +70,13 @@ trainer.train_step(episodes)
 prof = captured["prof"]
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
 print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
+
+# one whole train step (prepare, forward+backward through DeepSpeed, optimizer): where the GPU idles
+trainer._optimizer_step = real_step
+with torch.profiler.profile(
+    activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+) as prof:
+    trainer.train_step(episodes)
+    torch.cuda.synchronize()
+print("\n== one whole train_step")
+report(prof, top=20)

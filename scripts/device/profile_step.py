@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import torch
+from trace_gaps import report  # this script's folder is on sys.path
 
 from forge.models import build_model
 from trainer.advantages import group_relative
@@ -69,6 +70,7 @@ with torch.profiler.profile(
     activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
 ) as prof:
     step()
+report(prof)
 ka = prof.key_averages()
 print(ka.table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
 print(ka.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))

@@ -13,6 +13,7 @@ import argparse
 import time
 
 import torch
+from trace_gaps import report  # this script's folder is on sys.path
 
 import trainer.bench_tree as bt
 from forge.models import build_model
@@ -91,3 +92,5 @@ for name, mbs in batches.items():
     print("   by class (ms): " + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in classes.items()))
     for e in sorted(events, key=self_us, reverse=True)[: args.top]:
         print(f"   {self_us(e) / 1e3:9.1f} ms  {e.count:5d}×  {e.key[:90]}")
+    if cuda:
+        report(prof)
