@@ -42,10 +42,11 @@ class MicroBatch:
     def to(self, device: torch.device) -> MicroBatch:
         """This micro-batch with its tensors on `device` (the packed tree's, and the per-token ones).
 
-        On CUDA: one pinned, non-blocking copy per dtype. A plain `.to(device)` from pageable
-        memory waits for every kernel already queued, so copying a tensor in the middle of a
-        pass (say, the rows to read after the decoder's forward) idles the GPU until the host
-        catches up again. Staging every micro-batch before the first forward avoids that.
+        On CUDA: one copy per dtype. A `.to(device)` from pageable memory waits for every kernel
+        already queued, so copying a tensor in the middle of a pass (say, the rows to read after
+        the decoder's forward) idles the GPU until the host catches up again. Staged before the
+        first kernel, the copies wait for nothing. (Pinned, non-blocking copies were tried: a
+        profiled H200 step then showed ~5 ms of idle GPU before the first copy.)
         """
         if device.type != "cuda":
             return self
@@ -54,7 +55,7 @@ class MicroBatch:
         floats = [self.behaviour_logprobs, self.advantages, self.token_weights]
         on_device = []
         for parts, dtype in ((longs, torch.long), (floats, torch.float32)):
-            staged = torch.cat([t.to(dtype) for t in parts]).pin_memory().to(device, non_blocking=True)
+            staged = torch.cat([t.to(dtype) for t in parts]).to(device)
             on_device += list(staged.split([t.numel() for t in parts]))
         ids, pos, end, rows, targets, sids, behaviour, adv, weights = on_device
         return replace(

@@ -34,12 +34,12 @@ def forward_backward(
 ) -> dict[str, float]:
     backward = backward or (lambda loss: loss.backward())
     device = next(model.parameters()).device
+    staged = [mb.to(device) for mb in microbatches]  # every copy made before the first kernel
     total = torch.zeros((), dtype=torch.float64, device=device)
     sums: dict[str, torch.Tensor] = {}
     maxes: dict[str, torch.Tensor] = {}
     mins: dict[str, torch.Tensor] = {}
     n_tok = tree_tokens = flat_tokens = 0
-    staged = [mb.to(device) for mb in microbatches]  # every copy queued before the first kernel
     for mb in staged:
         behaviour, adv, weight = mb.behaviour_logprobs, mb.advantages, mb.token_weights
         if fused_head:
