@@ -139,21 +139,20 @@ def split_by_budget(samples: Sequence[TrainSample], budget: int, merge: bool) ->
 
 def collate(samples: Sequence[TrainSample], merge: bool) -> MicroBatch:
     packed = pack([s.tokens for s in samples], merge=merge)
-    rows, targets, sids = [], [], []
-    for i, (s, index) in enumerate(zip(samples, packed.seq_index, strict=True)):
-        rows.append(index[s.prompt_len - 1 : len(s.tokens) - 1])
-        targets.append(torch.from_numpy(s.tokens[s.prompt_len :]))
-        sids.append(torch.full((len(s.tokens) - s.prompt_len,), i, dtype=torch.long))
+    completion = np.array([len(s.tokens) - s.prompt_len for s in samples], dtype=np.int64)
+    rows = [
+        index[s.prompt_len - 1 : len(s.tokens) - 1]
+        for s, index in zip(samples, packed.seq_index, strict=True)
+    ]
+    weights = np.array([s.token_weight for s in samples], dtype=np.float64)
     return MicroBatch(
         packed=packed,
         pred_rows=torch.cat(rows),
-        targets=torch.cat(targets),
+        targets=torch.from_numpy(np.concatenate([s.tokens[s.prompt_len :] for s in samples])),
         behaviour_logprobs=torch.from_numpy(np.concatenate([s.behaviour_logprobs for s in samples])),
         advantages=torch.from_numpy(np.concatenate([s.advantages for s in samples])),
-        token_weights=torch.cat(
-            [torch.full((len(s.behaviour_logprobs),), s.token_weight, dtype=torch.float64) for s in samples]
-        ).float(),
-        sample_ids=torch.cat(sids),
+        token_weights=torch.from_numpy(np.repeat(weights, completion).astype(np.float32)),
+        sample_ids=torch.from_numpy(np.repeat(np.arange(len(samples), dtype=np.int64), completion)),
         refs=[s.ref for s in samples],
         flat_tokens=sum(len(s.tokens) for s in samples),
     )
