@@ -59,31 +59,35 @@ def report(prof, top: int = 15, min_gap_us: float = 20.0) -> None:
     runtime = [e for e in events if e.get("cat") == "cuda_runtime" and "dur" in e]
     launches = {e["args"]["correlation"]: e for e in runtime if "correlation" in e.get("args", {})}
     start, end = gpu[0]["ts"], max(e["ts"] + e["dur"] for e in gpu)
-    busy, reach, gaps = 0.0, start, []
+    busy, reach, gaps, last = 0.0, start, [], gpu[0]
     for e in gpu:  # union of busy intervals (kernels on several streams may overlap)
         if e["ts"] > reach:
-            gaps.append((e["ts"] - reach, reach, e))
+            gaps.append((e["ts"] - reach, reach, e, last))
         busy += max(0.0, e["ts"] + e["dur"] - max(e["ts"], reach))
+        if e["ts"] + e["dur"] >= reach:
+            last = e
         reach = max(reach, e["ts"] + e["dur"])
     idle = (end - start) - busy
     print(
         f"\n-- GPU timeline: {(end - start) / 1e3:.1f} ms from first to last kernel, busy {busy / 1e3:.1f} ms, "
         f"idle {idle / 1e3:.1f} ms in {len(gaps)} gaps (gaps ≥ {min_gap_us:.0f} µs: "
-        f"{sum(g for g, *_ in gaps if g >= min_gap_us) / 1e3:.1f} ms)"
+        f"{sum(g[0] for g in gaps if g[0] >= min_gap_us) / 1e3:.1f} ms)"
     )
     by_launcher: dict[str, float] = defaultdict(float)
     rows = []
     longest = sorted((g for g in gaps if g[0] >= min_gap_us), key=lambda g: -g[0])[:400]
-    for gap, at, nxt in longest:
+    for gap, at, nxt, prev in longest:
         launch = launches.get(nxt.get("args", {}).get("correlation"))
         chain = ops.at(launch["ts"]) if launch else []
         key = " > ".join(chain[-2:]) if chain else nxt["name"][:40]
         by_launcher[key] += gap
-        rows.append((gap, at, nxt, chain))
-    for gap, at, nxt, chain in sorted(rows, key=lambda r: -r[0])[:top]:
+        rows.append((gap, at, nxt, prev, chain, ops.at(at + gap / 2)))
+    for gap, at, nxt, prev, chain, during in sorted(rows, key=lambda r: -r[0])[:top]:
         print(
-            f"   {gap / 1e3:7.2f} ms idle at +{(at - start) / 1e3:7.1f} ms before {nxt['name'][:50]!r}, "
-            f"launched in: {' > '.join(c[:40] for c in chain[-4:]) or '?'}"
+            f"   {gap / 1e3:7.2f} ms idle at +{(at - start) / 1e3:7.1f} ms, after {prev['name'][:40]!r} "
+            f"before {nxt['name'][:40]!r}\n"
+            f"        next launched in: {' > '.join(c[:40] for c in chain[-4:]) or '?'}\n"
+            f"        host mid-gap in:  {' > '.join(c[:40] for c in during[-4:]) or '?'}"
         )
     print(
         f"   idle time of the {len(longest)} longest gaps by the host op that launched the kernel after it:"
