@@ -62,13 +62,14 @@ def _softmax_pass(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eager form: logits [m, V] → (log π(target) [m], entropy [m], softmax [m, V]), fp32.
 
-    One upcast, the logsumexp, one exp, and the entropy's Σ p·x as a batched dot product (no
-    [m, V] product tensor)."""
+    One upcast, the logsumexp, one exp, and the entropy's Σ p·x as p·x written over x (the logits
+    are not read again) and one sum: a batched dot product (einsum) ran as a slow gemv, 79 ms
+    against 50 ms for [1024 × 49152] on the 2-core CPU."""
     x = logits.float()
     lse = torch.logsumexp(x, dim=-1)
     probs = (x - lse.unsqueeze(1)).exp_()
     logp = x.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
-    entropy = lse - torch.einsum("mv,mv->m", probs, x)
+    entropy = lse - x.mul_(probs).sum(-1)
     return logp, entropy, probs
 
 
