@@ -17,7 +17,16 @@ from collections import defaultdict
 import numpy as np
 
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
-SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+# runtime calls that can make the host wait for the GPU: explicit syncs, copies from pageable
+# memory, and the caching allocator's cudaMalloc/cudaFree (cudaFree synchronises the device)
+SYNCS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+    "cudaFree",
+    "cudaMalloc",
+)
 
 
 def _events(prof) -> list[dict]:
@@ -95,7 +104,13 @@ def report(prof, top: int = 15, min_gap_us: float = 20.0) -> None:
     for key, total in sorted(by_launcher.items(), key=lambda kv: -kv[1])[:top]:
         print(f"   {total / 1e3:7.2f} ms  {key[:110]}")
     syncs = [e for e in runtime if any(e["name"].startswith(s) for s in SYNCS)]
-    print(f"   host syncs: {len(syncs)}, {sum(e['dur'] for e in syncs) / 1e3:.1f} ms waited; longest:")
+    counts = defaultdict(int)
+    for e in syncs:
+        counts[e["name"]] += 1
+    print(
+        f"   host calls that can wait on the GPU: {len(syncs)} ({', '.join(f'{n} {k}' for k, n in counts.items())}), "
+        f"{sum(e['dur'] for e in syncs) / 1e3:.1f} ms in them; longest:"
+    )
     for e in sorted(syncs, key=lambda e: -e["dur"])[:8]:
         chain = ops.at(e["ts"])
         print(
