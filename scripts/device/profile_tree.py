@@ -64,10 +64,21 @@ for name, mbs in batches.items():
     tokens = sum(mb.packed.num_tokens for mb in mbs)
     flops = model_flops(model.config, n_body, mbs) + recompute * 2 * n_body * tokens
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    unprofiled = time.perf_counter()
+    bt._run(model, mbs, kernel, device)
+    unprofiled = time.perf_counter() - unprofiled
+    before = torch.cuda.memory_stats() if cuda else {}
     with torch.profiler.profile(activities=acts) as prof:
         start = time.perf_counter()
         bt._run(model, mbs, kernel, device)
         wall = time.perf_counter() - start
+    if cuda:  # allocator calls that synchronise: a retry frees cached blocks (cudaFree) and tries again
+        after = torch.cuda.memory_stats()
+        keys = ("num_alloc_retries", "num_device_alloc", "num_device_free")
+        print(
+            f"\n{name}: unprofiled wall {unprofiled * 1e3:.0f} ms; allocator during the profiled pass: "
+            + ", ".join(f"{k} {after.get(k, 0) - before.get(k, 0)}" for k in keys)
+        )
     # on CUDA count kernels only (the CPU op that launched one reports the same time again)
     kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     self_us = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
