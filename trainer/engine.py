@@ -161,7 +161,7 @@ def _fuse_clip_into_adam(optimizer: Any) -> None:
         clip, loss_scale = optimizer.clip_grad, optimizer.loss_scale
         if clip == 0.0 and loss_scale == 1.0:
             return
-        device = grad_groups_flat[0].device
+        device = torch.device(str(optimizer.device))
         scale = torch.as_tensor(loss_scale, dtype=torch.float32, device=device)
         if clip > 0.0:
             norm = torch.as_tensor(total_norm, dtype=torch.float32, device=device)
