@@ -48,7 +48,7 @@ class MicroBatch:
         first kernel, the copies wait for nothing. (Pinned, non-blocking copies were tried: a
         profiled H200 step then showed ~5 ms of idle GPU before the first copy.)
         """
-        if device.type != "cuda":
+        if device.type != "cuda" or self.packed.input_ids.is_cuda:  # CPU, or staged already
             return self
         p = self.packed
         longs = [p.input_ids, p.position_ids, p.subtree_end, self.pred_rows, self.targets, self.sample_ids]

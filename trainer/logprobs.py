@@ -54,9 +54,10 @@ def completion_rows(
 
     kernel_options: FlexAttention kernel options (backend "flex" only)."""
     device = next(model.parameters()).device
+    mb = mb.to(device)  # no-op once forward_backward has staged it
     packed = mb.packed
     pad = pad_for(backend, packed)
-    ids, pos = packed.input_ids.to(device), packed.position_ids.to(device)  # no-op once staged
+    ids, pos = packed.input_ids, packed.position_ids
     if pad:
         ids = torch.cat([ids, ids.new_zeros(pad)])
         pos = torch.cat([pos, pos.new_zeros(pad)])
@@ -69,7 +70,7 @@ def completion_rows(
         use_cache=False,
         **({"kernel_options": kernel_options} if kernel_options and backend == "flex" else {}),
     ).last_hidden_state[0]
-    return hidden.index_select(0, mb.pred_rows.to(device)), mb.targets.to(device)
+    return hidden.index_select(0, mb.pred_rows), mb.targets
 
 
 def completion_logprobs(

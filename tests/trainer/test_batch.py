@@ -41,3 +41,4 @@ def test_to_cuda_copies_every_tensor():
         assert torch.equal(cuda.cpu(), cpu)
     assert staged.packed.num_tokens == mb.packed.num_tokens
     assert staged.refs == mb.refs and staged.flat_tokens == mb.flat_tokens
+    assert staged.to(torch.device("cuda")) is staged  # staged once: completion_rows copies nothing
