@@ -19,6 +19,41 @@ import trainer.bench_tree as bt
 from forge.models import build_model
 from trainer.flops import body_params, model_flops
 
+
+def sync_sites(fn, name: str) -> None:
+    """Run fn under torch.cuda.set_sync_debug_mode("warn") and print each distinct Python stack
+    (innermost project frames) of an op that synchronised with the GPU, with its count."""
+    import collections
+    import traceback
+    import warnings
+
+    sites: collections.Counter = collections.Counter()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+        sites[
+            (
+                str(message)[:80],
+                " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in frames[::-1][:6]),
+            )
+        ] += 1
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+    print(f"\n{name}: {sum(sites.values())} synchronising ops (torch sync debug), by site:")
+    for (msg, where), n in sites.most_common(20):
+        print(f"   {n:5d}×  {msg}  at {where}")
+
+
 p = argparse.ArgumentParser()
 p.add_argument("--calls", type=int, default=1)
 p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -30,6 +65,7 @@ p.add_argument("--no-checkpointing", action="store_true")
 p.add_argument("--compile", action="store_true")
 p.add_argument("--checkpointed-head", action="store_true")
 p.add_argument("--top", type=int, default=12)
+p.add_argument("--sync-debug", action="store_true", help="also list the Python lines of every syncing op")
 args = p.parse_args()
 cuda = args.device == "cuda"
 model_name = args.model or ("qwen3_0p6b_random" if cuda else "tiny")
@@ -61,6 +97,8 @@ recompute = 0.0 if args.no_checkpointing else 1.0  # decoder forward once more u
 for name, mbs in batches.items():
     bt._run(model, mbs, kernel, device)  # every micro-batch shape once: compilation, allocator
     bt._run(model, mbs, kernel, device)
+    if cuda and args.sync_debug:
+        sync_sites(lambda mbs=mbs: bt._run(model, mbs, kernel, device), name)
     tokens = sum(mb.packed.num_tokens for mb in mbs)
     flops = model_flops(model.config, n_body, mbs) + recompute * 2 * n_body * tokens
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
