@@ -27,6 +27,7 @@ from trainer.advantages import group_relative
 from trainer.batch import MicroBatch, build_samples, make_microbatches
 from trainer.config import AlgoConfig
 from trainer.flops import body_params, model_flops
+from trainer.model_setup import prepare_for_training
 from trainer.step import forward_backward
 
 COMPILE = False  # set by --compile: decoder layers and the LM-head chunks under torch.compile
@@ -218,19 +219,9 @@ def main(argv: list[str]) -> int:
     device = torch.device(args.device)
     kernel = "flex" if cuda else "sdpa_dense"
     model = build_model(args.model, dtype=dtype, device=args.device, seed=args.seed)
-    model.set_attn_implementation("flex_attention" if cuda else "sdpa")
-    if not args.no_checkpointing:
-        enable = (
-            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        )
-        enable({"use_reentrant": False})
+    prepare_for_training(model, kernel, not args.no_checkpointing, args.compile)
     global COMPILE, FUSED_HEAD
-    FUSED_HEAD = not args.checkpointed_head
-    if args.compile:
-        COMPILE = True
-        for layer in model.get_decoder().layers:
-            layer.compile(dynamic=True)
-    model.train()
+    COMPILE, FUSED_HEAD = args.compile, not args.checkpointed_head
     vocab = model.config.vocab_size
     rows = []
     for k in calls:

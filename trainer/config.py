@@ -46,7 +46,7 @@ class TrainerConfig:
     grad_clip: float = 1.0
     gradient_checkpointing: bool = True
     compile_layers: bool = False  # torch.compile each decoder layer (GPU; fuses norms, rotary, MLP)
-    compile_mode: str = "default"  # torch.compile mode of those layers (trainer.engine.COMPILE_MODES)
+    compile_mode: str = "default"  # torch.compile mode of those layers (trainer.model_setup.COMPILE_MODES)
     # FlexAttention kernel options (fwd_/bwd_ BLOCK_M, BLOCK_N, num_stages, num_warps, USE_TMA, ...)
     flex_kernel_options: dict[str, Any] = field(default_factory=dict)
     fp32_lm_head: bool = False  # compute the LM head in fp32 (M1's train/inference mismatch fix)

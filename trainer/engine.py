@@ -28,17 +28,16 @@ import torch.distributed as dist
 
 from forge.types import Episode
 from trainer.advantages import compute_advantages
-from trainer.attention import model_attn_implementation
 from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_microbatches
 from trainer.config import AlgoConfig, TrainerConfig
 from trainer.losses import normalisation
+from trainer.model_setup import prepare_for_training
 from trainer.step import forward_backward
 
 log = logging.getLogger("forge.trainer")
 
 SUMMED = ("loss", "trained_tokens", "tree_tokens", "flat_tokens")
 TOKEN_MEANS = ("clip_fraction", "masked_fraction", "entropy", "is_ratio_mean")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(cfg: TrainerConfig) -> str:
@@ -275,27 +274,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if model is None:
             model = build_model(cfg.model, dtype=torch.float32, seed=cfg.seed)
-        model.set_attn_implementation(model_attn_implementation(self.kernel))
-        if self.kernel == "flex":
-            # transformers compiles flex_attention once, static in the sequence length; the first
-            # batch of a new length then recompiles it (~10 s on an H100, mid-run). Packed lengths
-            # change every step, so compile for dynamic shapes from the start.
-            from torch._dynamo import config as dynamo_config
-
-            dynamo_config.assume_static_by_default = False
-        model.config.use_cache = False
-        if cfg.gradient_checkpointing:
-            # transformers >= 5.23 renamed it; the GPU image's 5.17 has only the old name
-            enable = (
-                getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            )
-            enable({"use_reentrant": False})
-        if cfg.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"trainer.compile_mode={cfg.compile_mode!r}: expected one of {COMPILE_MODES}")
-        if cfg.compile_layers:
-            for layer in model.get_decoder().layers:
-                layer.compile(dynamic=True, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-        model.train()
+        prepare_for_training(
+            model, self.kernel, cfg.gradient_checkpointing, cfg.compile_layers, cfg.compile_mode
+        )
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

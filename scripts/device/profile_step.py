@@ -14,6 +14,7 @@ from forge.models import build_model
 from trainer.advantages import group_relative
 from trainer.batch import build_samples, make_microbatches
 from trainer.config import AlgoConfig
+from trainer.model_setup import prepare_for_training
 from trainer.step import forward_backward
 from trainer.synthetic import agent_batch
 
@@ -25,15 +26,7 @@ p.add_argument("--chunk", type=int, default=1024)
 p.add_argument("--unfused", action="store_true", help="the checkpointed LM head")
 args = p.parse_args()
 model = build_model("qwen3_0p6b_random", dtype=torch.bfloat16, device="cuda")
-model.set_attn_implementation("flex_attention")
-if args.ckpt:
-    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)(
-        {"use_reentrant": False}
-    )
-if args.compile:
-    for layer in model.get_decoder().layers:
-        layer.compile(dynamic=True)
-model.train()
+prepare_for_training(model, "flex", args.ckpt, args.compile)
 eps = agent_batch(np.random.default_rng(0), args.samples, 1, 1, 256, 256, 150000)
 for e in eps:
     for s in e.samples:

@@ -18,6 +18,7 @@ from trace_gaps import report  # this script's folder is on sys.path
 import trainer.bench_tree as bt
 from forge.models import build_model
 from trainer.flops import body_params, model_flops
+from trainer.model_setup import prepare_for_training
 
 
 def sync_sites(fn, name: str) -> None:
@@ -74,17 +75,8 @@ budget = args.budget or (32768 if cuda else 4096)
 min_tree = args.min_tree_tokens or (32768 if cuda else 1024)
 kernel = "flex" if cuda else "sdpa_dense"
 model = build_model(model_name, dtype=torch.bfloat16 if cuda else torch.float32, device=args.device)
-model.set_attn_implementation("flex_attention" if cuda else "sdpa")
-if not args.no_checkpointing:
-    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)(
-        {"use_reentrant": False}
-    )
-if args.compile:
-    bt.COMPILE = True
-    for layer in model.get_decoder().layers:
-        layer.compile(dynamic=True)
-bt.FUSED_HEAD = not args.checkpointed_head
-model.train()
+prepare_for_training(model, kernel, not args.no_checkpointing, args.compile)
+bt.COMPILE, bt.FUSED_HEAD = args.compile, not args.checkpointed_head
 vocab = model.config.vocab_size
 setting = argparse.Namespace(
     seed=0, group_size=8, tokens_per_call=tpc, prompt_tokens=tpc, min_tree_tokens=min_tree, budget=budget
