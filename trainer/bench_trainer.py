@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     p.add_argument("--compile-mode", default="default", help="trainer.compile_mode")
     p.add_argument("--checkpointed-head", action="store_true", help="trainer.fused_lm_head=false")
+    p.add_argument("--eager-head", action="store_true", help="trainer.compile_lm_head=false")
     p.add_argument(
         "--flex-options",
         type=json.loads,
@@ -85,6 +86,7 @@ def main(argv: list[str]) -> int:
         compile_layers=args.compile,
         compile_mode=args.compile_mode,
         fused_lm_head=not args.checkpointed_head,
+        compile_lm_head=not args.eager_head,
         flex_kernel_options=args.flex_options,
         zero_options=args.zero_options,
         logprob_chunk=args.chunk,
@@ -131,6 +133,7 @@ def main(argv: list[str]) -> int:
         "compile": cfg.compile_layers,
         "compile_mode": cfg.compile_mode,
         "fused_lm_head": cfg.fused_lm_head,
+        "compile_lm_head": cfg.compile_lm_head,
         "flex_kernel_options": cfg.flex_kernel_options,
         "zero_options": cfg.zero_options,
         "logprob_chunk": cfg.logprob_chunk,

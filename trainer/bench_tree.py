@@ -30,7 +30,8 @@ from trainer.flops import body_params, model_flops
 from trainer.model_setup import prepare_for_training
 from trainer.step import forward_backward
 
-COMPILE = False  # set by --compile: decoder layers and the LM-head chunks under torch.compile
+COMPILE = False  # set by --compile: decoder layers under torch.compile
+COMPILED_HEAD = False  # the LM head's softmax passes under torch.compile (CUDA, unless --eager-head)
 FUSED_HEAD = True  # --checkpointed-head: the chunked head under checkpointing (trainer.logprobs)
 
 
@@ -70,7 +71,7 @@ def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tup
         torch.cuda.reset_peak_memory_stats()
     _sync(device)
     start = time.perf_counter()
-    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE, fused_head=FUSED_HEAD)
+    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILED_HEAD, fused_head=FUSED_HEAD)
     _sync(device)
     ms = (time.perf_counter() - start) * 1e3
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
@@ -79,7 +80,7 @@ def _run(model, mbs: list[MicroBatch], kernel: str, device: torch.device) -> tup
 
 def _grads(model, mbs: list[MicroBatch], kernel: str) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILE, fused_head=FUSED_HEAD)
+    forward_backward(model, mbs, AlgoConfig(), kernel, compiled_head=COMPILED_HEAD, fused_head=FUSED_HEAD)
     return {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -172,6 +173,7 @@ def bench_config(model, args, calls: int, kernel: str, device: torch.device, voc
         "flat_measured_fraction": round(len(measured) / len(flat), 3),
         "microbatch_tokens": budget,
         "fused_head": FUSED_HEAD,
+        "compiled_head": COMPILED_HEAD,
     }
 
 
@@ -198,6 +200,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile decoder layers and LM-head chunks")
     p.add_argument("--checkpointed-head", action="store_true", help="the unfused LM head (trainer.logprobs)")
+    p.add_argument("--eager-head", action="store_true", help="the LM head's softmax not compiled (as on CPU)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -220,8 +223,9 @@ def main(argv: list[str]) -> int:
     kernel = "flex" if cuda else "sdpa_dense"
     model = build_model(args.model, dtype=dtype, device=args.device, seed=args.seed)
     prepare_for_training(model, kernel, not args.no_checkpointing, args.compile)
-    global COMPILE, FUSED_HEAD
+    global COMPILE, COMPILED_HEAD, FUSED_HEAD
     COMPILE, FUSED_HEAD = args.compile, not args.checkpointed_head
+    COMPILED_HEAD = cuda and not args.eager_head
     vocab = model.config.vocab_size
     rows = []
     for k in calls:

@@ -327,7 +327,7 @@ class Trainer:
             backward,
             self.cfg.fp32_lm_head,
             self.cfg.logprob_chunk,
-            compiled_head=self.cfg.compile_layers,
+            compiled_head=self.cfg.compile_lm_head and self.device == "cuda",
             kernel_options=self.cfg.flex_kernel_options or None,
             fused_head=self.cfg.fused_lm_head and self.cfg.zero_stage != 3,
         )

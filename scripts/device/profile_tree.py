@@ -65,6 +65,7 @@ p.add_argument("--budget", type=int, default=None)
 p.add_argument("--no-checkpointing", action="store_true")
 p.add_argument("--compile", action="store_true")
 p.add_argument("--checkpointed-head", action="store_true")
+p.add_argument("--eager-head", action="store_true")
 p.add_argument("--top", type=int, default=12)
 p.add_argument("--sync-debug", action="store_true", help="also list the Python lines of every syncing op")
 args = p.parse_args()
@@ -77,6 +78,7 @@ kernel = "flex" if cuda else "sdpa_dense"
 model = build_model(model_name, dtype=torch.bfloat16 if cuda else torch.float32, device=args.device)
 prepare_for_training(model, kernel, not args.no_checkpointing, args.compile)
 bt.COMPILE, bt.FUSED_HEAD = args.compile, not args.checkpointed_head
+bt.COMPILED_HEAD = cuda and not args.eager_head
 vocab = model.config.vocab_size
 setting = argparse.Namespace(
     seed=0, group_size=8, tokens_per_call=tpc, prompt_tokens=tpc, min_tree_tokens=min_tree, budget=budget
