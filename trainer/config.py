@@ -47,7 +47,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = True
     compile_layers: bool = False  # torch.compile each decoder layer (GPU; fuses norms, rotary, MLP)
     # torch.compile the LM head's softmax passes (one fused pass over each logits chunk instead
-    # of ~10 eager ones); on CUDA only, the CPU path stays eager
+    # of ~10 eager ones); on CUDA with ZeRO 0-2 only, the CPU path stays eager
     compile_lm_head: bool = True
     compile_mode: str = "default"  # torch.compile mode of those layers (trainer.model_setup.COMPILE_MODES)
     # FlexAttention kernel options (fwd_/bwd_ BLOCK_M, BLOCK_N, num_stages, num_warps, USE_TMA, ...)

@@ -327,7 +327,8 @@ class Trainer:
             backward,
             self.cfg.fp32_lm_head,
             self.cfg.logprob_chunk,
-            compiled_head=self.cfg.compile_lm_head and self.device == "cuda",
+            # ZeRO-3 gathers the head weight in module hooks, which compiled code would trace
+            compiled_head=self.cfg.compile_lm_head and self.device == "cuda" and self.cfg.zero_stage != 3,
             kernel_options=self.cfg.flex_kernel_options or None,
             fused_head=self.cfg.fused_lm_head and self.cfg.zero_stage != 3,
         )
