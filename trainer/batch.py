@@ -126,21 +126,11 @@ def split_by_budget(
     above the budget; when that would take more micro-batches than the greedy fill, the greedy
     split stands. even=False: the greedy split alone.
     """
-    greedy = _split(samples, budget, merge)
+    greedy, lengths = _split(samples, budget, merge)
     if len(greedy) < 2 or not even:
         return greedy
-    target = sum(_packed_length(b, merge) for b in greedy) / len(greedy)
-    even = _split(samples, budget, merge, target, len(greedy))
-    return even if len(even) <= len(greedy) else greedy
-
-
-def _packed_length(samples: Sequence[TrainSample], merge: bool) -> int:
-    if not merge:
-        return sum(len(s.tokens) for s in samples)
-    trie = PrefixTrie()
-    for s in samples:
-        trie.insert(s.tokens)
-    return trie.size
+    evened, _ = _split(samples, budget, merge, sum(lengths) / len(greedy), len(greedy))
+    return evened if len(evened) <= len(greedy) else greedy
 
 
 def _split(
@@ -149,10 +139,12 @@ def _split(
     merge: bool,
     target: float | None = None,
     count: int = 0,
-) -> list[list[TrainSample]]:
-    """Greedy fill to `budget`; with `target`, also cut before a sample that would take the
-    micro-batch further above `target` than it is below it now (for all but the last of `count`)."""
+) -> tuple[list[list[TrainSample]], list[int]]:
+    """(micro-batches, their packed lengths) of a greedy fill to `budget`; with `target`, also cut
+    before a sample that would take the micro-batch further above `target` than it is below it
+    now (for all but the last of `count`)."""
     batches: list[list[TrainSample]] = []
+    lengths: list[int] = []
     trie, used, current = PrefixTrie(), 0, []
     for s in samples:
         if len(s.tokens) > budget:
@@ -167,6 +159,7 @@ def _split(
         )
         if current and (full or past_target):
             batches.append(current)
+            lengths.append(used)
             trie, used, current = PrefixTrie(), 0, []
             added = len(s.tokens)
         trie.insert(s.tokens)
@@ -174,7 +167,8 @@ def _split(
         current.append(s)
     if current:
         batches.append(current)
-    return batches
+        lengths.append(used)
+    return batches, lengths
 
 
 def collate(samples: Sequence[TrainSample], merge: bool) -> MicroBatch:
