@@ -5,7 +5,9 @@ prompt; call t's prompt = call t−1's prompt + completion + observation), as ma
 takes to give the merged batch at least --min-tree-tokens tokens (a training step's worth, so short
 episodes are not timed on a batch too small to occupy the device), then times one
 forward+backward of the CISPO loss over all micro-batches, merged (tree) and unmerged (flat),
-with the same attention kernel (flex on CUDA, dense SDPA on CPU). It prints flat_tokens,
+with the same attention kernel (flex on CUDA, dense SDPA on CPU) and the Trainer's model setup
+(trainer.model_setup; decoder layers eager unless --compile, the fused LM head's softmax passes
+compiled on CUDA unless --eager-head, micro-batches split as the Trainer splits them). It prints flat_tokens,
 tree_tokens, token_ratio, flat_ms, tree_ms, speedup, max_rel_grad_err, flat_peak_mb,
 tree_peak_mb. When the flat batch exceeds --flat-cap tokens, flat_ms is measured on an evenly
 strided subset of its micro-batches and scaled by their count (flat_measured_fraction < 1);
