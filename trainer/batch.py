@@ -125,6 +125,10 @@ def split_by_budget(
     micro-batch comes closest to the mean length of the greedy split instead (2 × ~16.9k), never
     above the budget; when that would take more micro-batches than the greedy fill, the greedy
     split stands. even=False: the greedy split alone.
+
+    Where a cut falls inside a multi-call episode (each call's tokens extend the previous call's),
+    the episode's earlier calls move to the next micro-batch with it: under merging they cost
+    nothing there, and left behind they would be packed twice.
     """
     greedy, lengths = _split(samples, budget, merge)
     if len(greedy) < 2 or not even:
@@ -145,7 +149,7 @@ def _split(
     now (for all but the last of `count`)."""
     batches: list[list[TrainSample]] = []
     lengths: list[int] = []
-    trie, used, current = PrefixTrie(), 0, []
+    trie, used, current, adds = PrefixTrie(), 0, [], []
     for s in samples:
         if len(s.tokens) > budget:
             raise ValueError(
@@ -158,17 +162,39 @@ def _split(
             target is not None and len(batches) < count - 1 and used + added - target > target - used
         )
         if current and (full or past_target):
-            batches.append(current)
-            lengths.append(used)
-            trie, used, current = PrefixTrie(), 0, []
-            added = len(s.tokens)
+            # the earlier calls of this sample's episode move along with it: their tokens are a
+            # prefix of its own, so they cost nothing there and would be counted twice here
+            head = len(current)
+            while (
+                merge
+                and head > 0
+                and _extends(s if head == len(current) else current[head], current[head - 1])
+            ):
+                head -= 1
+            if head == 0:  # the whole micro-batch is this episode's start: cut here after all
+                head = len(current)
+            batches.append(current[:head])
+            lengths.append(used - sum(adds[head:]))
+            current, trie, adds = current[head:], PrefixTrie(), []
+            for moved in current:
+                adds.append(len(moved.tokens) - trie.matched(moved.tokens))
+                trie.insert(moved.tokens)
+            used = sum(adds)
+            added = len(s.tokens) - (trie.matched(s.tokens) if merge else 0)
         trie.insert(s.tokens)
         used += added
         current.append(s)
+        adds.append(added)
     if current:
         batches.append(current)
         lengths.append(used)
     return batches, lengths
+
+
+def _extends(later: TrainSample, earlier: TrainSample) -> bool:
+    """True when `later`'s tokens start with all of `earlier`'s (the next call of one episode)."""
+    n = len(earlier.tokens)
+    return len(later.tokens) > n and bool(np.array_equal(later.tokens[:n], earlier.tokens))
 
 
 def collate(samples: Sequence[TrainSample], merge: bool) -> MicroBatch:

@@ -16,9 +16,15 @@ def microbatch():
     return make_microbatches(samples, 4096, True)[0]
 
 
+def sample_of(ref: str, tokens: np.ndarray, prompt_len: int = 1) -> TrainSample:
+    c = len(tokens) - prompt_len
+    return TrainSample(
+        ref, tokens.astype(np.int64), prompt_len, np.zeros(c, np.float32), np.zeros(c, np.float32), 1.0
+    )
+
+
 def sample(n: int, ref: str, prefix: list[int] | None = None) -> TrainSample:
-    tokens = np.array((prefix or []) + list(range(1000, 1000 + n - len(prefix or []))), dtype=np.int64)
-    return TrainSample(ref, tokens, 1, np.zeros(n - 1, np.float32), np.zeros(n - 1, np.float32), 1.0)
+    return sample_of(ref, np.array((prefix or []) + list(range(1000, 1000 + n - len(prefix or [])))))
 
 
 def lengths(batches: list[list[TrainSample]]) -> list[int]:
@@ -54,6 +60,20 @@ def test_split_counts_merged_tokens():
         s.tokens[50:] += 100 * i  # distinct tails
     assert len(split_by_budget(samples, 100, merge=True)) == 1
     assert len(split_by_budget(samples, 100, merge=False)) == 4
+
+
+def test_split_moves_an_episodes_earlier_calls_with_it():
+    # two episodes of three calls (each call's tokens extend the previous call's): 10, 20, 30 tokens
+    def episode(name: str, first: int) -> list[TrainSample]:
+        tokens = np.arange(first, first + 30)
+        return [sample_of(f"{name}#{t}", tokens[: 10 * (t + 1)]) for t in range(3)]
+
+    samples = episode("a", 0) + episode("b", 100)
+    batches = split_by_budget(samples, 40, merge=True, even=False)
+    # a greedy fill would pack a#0-2 + b#0 (40 tokens), then b#1-2 again from b's first token (30)
+    assert [[s.ref for s in b] for b in batches] == [["a#0", "a#1", "a#2"], ["b#0", "b#1", "b#2"]]
+    packed = [m.packed.num_tokens for m in make_microbatches(samples, 40, merge=True)]
+    assert packed == [30, 30]
 
 
 def test_split_refuses_a_sample_over_budget():
