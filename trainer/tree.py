@@ -72,7 +72,12 @@ class PrefixTrie:
             first = int(seq[pos])
             child = node.children.get(first)
             if child is None:
-                node.children[first] = _Node(seq[pos:])
+                if node is not self.root and not node.children:
+                    # seq runs past the end of a leaf (the next call of an episode): grow the leaf
+                    # instead of hanging a child on it, so a K-call chain stays one node deep
+                    node.tokens = np.concatenate([node.tokens, seq[pos:]])
+                else:
+                    node.children[first] = _Node(seq[pos:])
                 self.size += len(seq) - pos
                 return
             n = _lcp(child.tokens, seq[pos : pos + len(child.tokens)])
