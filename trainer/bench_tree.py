@@ -200,7 +200,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--flat-cap", type=int, default=2_000_000, help="flat tokens timed before extrapolating")
     p.add_argument("--grad-episodes", type=int, default=2)
     p.add_argument("--no-checkpointing", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile decoder layers and LM-head chunks")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
     p.add_argument("--checkpointed-head", action="store_true", help="the unfused LM head (trainer.logprobs)")
     p.add_argument("--eager-head", action="store_true", help="the LM head's softmax not compiled (as on CPU)")
     p.add_argument("--repeat", type=int, default=1)

@@ -39,17 +39,14 @@ def sync_sites(fn, name: str) -> None:
             )
         ] += 1
 
-    old = warnings.showwarning
-    warnings.showwarning = show
     torch.cuda.set_sync_debug_mode("warn")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # restores warnings.showwarning on exit
             warnings.simplefilter("always")
             warnings.showwarning = show
             fn()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-        warnings.showwarning = old
     print(f"\n{name}: {sum(sites.values())} synchronising ops (torch sync debug), by site:")
     for (msg, where), n in sites.most_common(20):
         print(f"   {n:5d}×  {msg}  at {where}")
