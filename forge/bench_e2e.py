@@ -30,7 +30,7 @@ cispo → TRL's loss_type=cispo, grpo → grpo). TRL generates with `model.gener
 
     forge bench e2e                                     # CPU, model=tiny, 3 steps
     forge bench e2e --device cuda --peer trl --json     # H100: qwen3_0p6b_random, 8 steps
-    forge bench e2e --device cuda --set loop.steps=12 -- trainer.compile_layers=true
+    forge bench e2e --device cuda --set loop.steps=12 -- trainer.compile_layers=false  # eager layers
 """
 
 from __future__ import annotations

@@ -43,7 +43,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--group-size", type=int, default=1, help=">1: samples of a group share their prompt")
     p.add_argument("--budget", type=int, default=16384, help="micro-batch tokens")
     p.add_argument("--no-checkpointing", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="trainer.compile_layers: torch.compile each decoder layer (CUDA only; default on)",
+    )
     p.add_argument("--compile-mode", default="default", help="trainer.compile_mode")
     p.add_argument("--checkpointed-head", action="store_true", help="trainer.fused_lm_head=false")
     p.add_argument("--eager-head", action="store_true", help="trainer.compile_lm_head=false")
@@ -130,7 +135,7 @@ def main(argv: list[str]) -> int:
         "zero_stage": cfg.zero_stage,
         "precision": trainer.precision,
         "checkpointing": cfg.gradient_checkpointing,
-        "compile": cfg.compile_layers,
+        "compile": cfg.compile_layers and cuda,
         "compile_mode": cfg.compile_mode,
         "fused_lm_head": cfg.fused_lm_head,
         "compile_lm_head": cfg.compile_lm_head,

@@ -275,7 +275,11 @@ class Trainer:
         if model is None:
             model = build_model(cfg.model, dtype=torch.float32, seed=cfg.seed)
         prepare_for_training(
-            model, self.kernel, cfg.gradient_checkpointing, cfg.compile_layers, cfg.compile_mode
+            model,
+            self.kernel,
+            cfg.gradient_checkpointing,
+            compile_layers=cfg.compile_layers and self.device == "cuda",
+            compile_mode=cfg.compile_mode,
         )
         self.engine, *_ = deepspeed.initialize(
             model=model,
