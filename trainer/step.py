@@ -41,9 +41,6 @@ def forward_backward(
     mins: dict[str, torch.Tensor] = {}
     n_tok = tree_tokens = flat_tokens = 0
     for mb in staged:
-        # a new iteration for CUDA-graph trees (trainer.compile_mode=reduce-overhead): without
-        # it, each compiled layer's forward found the previous backwards "pending" and ran eager
-        torch.compiler.cudagraph_mark_step_begin()
         behaviour, adv, weight = mb.behaviour_logprobs, mb.advantages, mb.token_weights
         if fused_head:
             rows, targets = completion_rows(model, mb, backend, kernel_options)
