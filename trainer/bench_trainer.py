@@ -49,7 +49,9 @@ def main(argv: list[str]) -> int:
         default=True,
         help="trainer.compile_layers: torch.compile each decoder layer (CUDA only; default on)",
     )
-    p.add_argument("--compile-mode", default="default", help="trainer.compile_mode")
+    p.add_argument(
+        "--compile-mode", default="default", help="trainer.compile_mode: default | max-autotune-no-cudagraphs"
+    )
     p.add_argument("--checkpointed-head", action="store_true", help="trainer.fused_lm_head=false")
     p.add_argument("--eager-head", action="store_true", help="trainer.compile_lm_head=false")
     p.add_argument(

@@ -51,7 +51,9 @@ class TrainerConfig:
     # torch.compile the LM head's softmax passes (one fused pass over each logits chunk instead
     # of ~10 eager ones); on CUDA with ZeRO 0-2 only, the CPU path stays eager
     compile_lm_head: bool = True
-    compile_mode: str = "default"  # torch.compile mode of those layers (trainer.model_setup.COMPILE_MODES)
+    # torch.compile mode of those layers: default | max-autotune-no-cudagraphs (CUDA-graph modes
+    # are refused, see trainer.model_setup)
+    compile_mode: str = "default"
     # FlexAttention kernel options (fwd_/bwd_ BLOCK_M, BLOCK_N, num_stages, num_warps, USE_TMA, ...)
     flex_kernel_options: dict[str, Any] = field(default_factory=dict)
     fp32_lm_head: bool = False  # compute the LM head in fp32 (M1's train/inference mismatch fix)

@@ -12,7 +12,11 @@ import torch
 
 from trainer.attention import model_attn_implementation
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# torch.compile's CUDA-graph modes, refused: with per-layer compile under DeepSpeed a train step took
+# 1.46-1.47 s against 0.15 s in "default" (H200, forge bench trainer, sessions 7 and 9). Marking each
+# micro-batch a new graph-tree iteration did not help; the cause is not established.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def prepare_for_training(
@@ -23,6 +27,11 @@ def prepare_for_training(
     compile_mode: str = "default",
 ) -> torch.nn.Module:
     """Set `model` (a transformers causal LM) up in place for training with `kernel`; returns it."""
+    if compile_mode in CUDA_GRAPH_MODES:
+        raise ValueError(
+            f"trainer.compile_mode={compile_mode!r} uses CUDA graphs, which made a train step ~10x "
+            f"slower here (see trainer/model_setup.py); use one of {COMPILE_MODES}"
+        )
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"trainer.compile_mode={compile_mode!r}: expected one of {COMPILE_MODES}")
     model.set_attn_implementation(model_attn_implementation(kernel))

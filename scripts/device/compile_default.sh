@@ -5,6 +5,7 @@
 #  2. --compile-mode reduce-overhead (session 7: 1.46 s per step) with torch's recompile and perf logs;
 #  3. the tree bench at 64 calls with the episode-aware split (0c7b204), flat extrapolated.
 # Files back: trainer.jsonl, tree.jsonl, reduce_overhead.log, errors.log.
+# (Its reduce-overhead run is refused since trainer.model_setup.CUDA_GRAPH_MODES: a record of session 9.)
 source scripts/device/setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 trainer() { timeout $1 python3 -m forge.cli bench trainer --device cuda --json "${@:2}" 2>>$OUT/errors.log | tee -a $OUT/trainer.jsonl; }

@@ -5,6 +5,7 @@
 #  2. --compile-mode reduce-overhead with torch's cudagraph and recompile logs (session 7: 1.46 s/step);
 #  3. the tree bench at 4 and 16 calls with the episode-aware split (0c7b204) and one-node trie.
 # Files back: trainer.jsonl, tree.jsonl, cudagraphs.log, errors.log.
+# (Its reduce-overhead run is refused since trainer.model_setup.CUDA_GRAPH_MODES: a record of session 9.)
 source scripts/device/setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 trainer() { timeout $1 python3 -m forge.cli bench trainer --device cuda --json "${@:2}" 2>>$OUT/errors.log | tee -a $OUT/trainer.jsonl; }

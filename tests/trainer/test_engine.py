@@ -170,6 +170,12 @@ def test_layers_compile_on_cuda_only():
     assert all(layer._compiled_call_impl is None for layer in tr.model.get_decoder().layers)
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "fastest"])
+def test_cuda_graph_and_unknown_compile_modes_fail_at_start(mode):
+    with pytest.raises(ValueError, match="trainer.compile_mode"):
+        Trainer(TrainerConfig(model="tiny", zero_stage=0, compile_mode=mode), AlgoConfig())
+
+
 def test_zero3_exports_full_tensors():
     tr = Trainer(TrainerConfig(model="tiny", zero_stage=3), AlgoConfig())
     from transformers import AutoModelForCausalLM
