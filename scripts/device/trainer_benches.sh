@@ -3,7 +3,6 @@
 source scripts/device/setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"
-for v in ${TRAINER_VARIANTS:-"--no-checkpointing" "" "--no-checkpointing --compile"}; do :; done
 run_one() { timeout ${2:-170} python3 -m forge.cli bench trainer --device cuda --json $1 2>>$OUT/trainer.log | tee -a $OUT/trainer.jsonl; }
 run_one "--no-checkpointing"
 run_one ""
