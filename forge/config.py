@@ -101,6 +101,7 @@ def register() -> None:
 def validate(cfg: ForgeConfig) -> None:
     """Checks Hydra's typing cannot express; each error names its key."""
     from agent_side.registry import load_env_modules, make_config
+    from trainer.model_setup import check_compile_mode
 
     load_env_modules(list(cfg.env.modules))  # plug-in environments register on import
     if cfg.engine.kind not in ("native", "sglang"):
@@ -116,4 +117,5 @@ def validate(cfg: ForgeConfig) -> None:
         make_config(cfg.env.name, dict(cfg.env.settings))
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"env.settings: {exc}") from exc
+    check_compile_mode(cfg.trainer.compile_mode)
     cfg.pool.validate()

@@ -19,6 +19,16 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+def check_compile_mode(mode: str) -> None:
+    if mode in CUDA_GRAPH_MODES:
+        raise ValueError(
+            f"trainer.compile_mode={mode!r} uses CUDA graphs, which made a train step ~10x "
+            f"slower here (see trainer/model_setup.py); use one of {COMPILE_MODES}"
+        )
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"trainer.compile_mode={mode!r}: expected one of {COMPILE_MODES}")
+
+
 def prepare_for_training(
     model: torch.nn.Module,
     kernel: str,
@@ -27,13 +37,7 @@ def prepare_for_training(
     compile_mode: str = "default",
 ) -> torch.nn.Module:
     """Set `model` (a transformers causal LM) up in place for training with `kernel`; returns it."""
-    if compile_mode in CUDA_GRAPH_MODES:
-        raise ValueError(
-            f"trainer.compile_mode={compile_mode!r} uses CUDA graphs, which made a train step ~10x "
-            f"slower here (see trainer/model_setup.py); use one of {COMPILE_MODES}"
-        )
-    if compile_mode not in COMPILE_MODES:
-        raise ValueError(f"trainer.compile_mode={compile_mode!r}: expected one of {COMPILE_MODES}")
+    check_compile_mode(compile_mode)
     model.set_attn_implementation(model_attn_implementation(kernel))
     if kernel == "flex":
         # transformers compiles flex_attention once, static in the sequence length; the first

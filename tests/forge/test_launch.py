@@ -86,6 +86,12 @@ def test_wrong_env_setting_fails_at_start_naming_it(tmp_path):
     assert "difficulti" in out.stderr
 
 
+def test_cuda_graph_compile_mode_fails_at_start_naming_it(tmp_path):
+    out = launch(tmp_path / "bad", "trainer.compile_mode=reduce-overhead", timeout=120)
+    assert out.returncode != 0
+    assert "trainer.compile_mode='reduce-overhead'" in out.stderr
+
+
 @pytest.mark.slow
 def test_ctrl_c_drains_checkpoints_and_leaves_nothing_running(tmp_path):
     import signal
