@@ -101,6 +101,7 @@ def register() -> None:
 def validate(cfg: ForgeConfig) -> None:
     """Checks Hydra's typing cannot express; each error names its key."""
     from agent_side.registry import load_env_modules, make_config
+    from trainer.losses import check_algo
     from trainer.model_setup import check_compile_mode
 
     load_env_modules(list(cfg.env.modules))  # plug-in environments register on import
@@ -118,4 +119,5 @@ def validate(cfg: ForgeConfig) -> None:
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"env.settings: {exc}") from exc
     check_compile_mode(cfg.trainer.compile_mode)
+    check_algo(cfg.algo)
     cfg.pool.validate()

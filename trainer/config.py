@@ -26,6 +26,10 @@ class AlgoConfig:
     alpha_process: float = 1.0  # m2_step: weight of the per-step "process" reward
     beta_speed: float = 1.0  # m2_step: weight of the per-step "speed" reward
     tis_cap: float = 0.0  # >0: truncated IS weight min(pi_trainer/pi_behaviour, cap) on every token
+    # KL to a reference policy (a frozen copy of the initial weights), off by default as in
+    # MiniMax-M1; >0 adds kl_coef · Σ_t w_t · KL_t to the loss (GRPO's paper used 0.04)
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"  # k1: log π/π_ref; k2: ½(log π/π_ref)²; k3: π_ref/π − log(π_ref/π) − 1
 
 
 @dataclass

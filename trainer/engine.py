@@ -13,6 +13,7 @@ our own check for stage 0) and is reported in the metrics; it is never applied.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ from forge.types import Episode
 from trainer.advantages import compute_advantages
 from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_microbatches
 from trainer.config import AlgoConfig, TrainerConfig
-from trainer.losses import normalisation
+from trainer.losses import check_algo, normalisation
 from trainer.model_setup import prepare_for_training
 from trainer.step import forward_backward
 
@@ -259,6 +260,12 @@ class Trainer:
         self.precision = resolve_precision(cfg, self.device)
         if cfg.fp32_lm_head and cfg.zero_stage == 3:
             raise ValueError("trainer.fp32_lm_head=true is not supported with trainer.zero_stage=3")
+        check_algo(algo)
+        if algo.kl_coef > 0 and cfg.zero_stage == 3:
+            raise ValueError(
+                "algo.kl_coef > 0 is not supported with trainer.zero_stage=3: the frozen reference "
+                "model would be a whole copy on every rank"
+            )
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         os.environ.setdefault("RANK", "0")
@@ -274,19 +281,21 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if model is None:
             model = build_model(cfg.model, dtype=torch.float32, seed=cfg.seed)
-        prepare_for_training(
-            model,
-            self.kernel,
-            cfg.gradient_checkpointing,
-            compile_layers=cfg.compile_layers and self.device == "cuda",
-            compile_mode=cfg.compile_mode,
-        )
+        # the KL term's π_ref: the initial weights, frozen (a resumed run rebuilds it the same way)
+        reference = copy.deepcopy(model) if algo.kl_coef > 0 else None
+        compile_layers = cfg.compile_layers and self.device == "cuda"
+        prepare_for_training(model, self.kernel, cfg.gradient_checkpointing, compile_layers, cfg.compile_mode)
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=deepspeed_config(cfg, self.precision, self.world, self.device),
         )
         self.model = self.engine.module
+        self.reference: torch.nn.Module | None = None
+        if reference is not None:
+            prepare_for_training(reference, self.kernel, False, compile_layers, cfg.compile_mode)
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            self.reference = reference.to(self.engine.device, dtype).eval().requires_grad_(False)
         if cfg.zero_stage in (1, 2):
             _fuse_overflow_check(self.engine.optimizer)
             if not getattr(self.engine.optimizer, "cpu_offload", False):
@@ -335,6 +344,7 @@ class Trainer:
             compiled_head=self.cfg.compile_lm_head and self.device == "cuda" and self.cfg.zero_stage != 3,
             kernel_options=self.cfg.flex_kernel_options or None,
             fused_head=self.cfg.fused_lm_head and self.cfg.zero_stage != 3,
+            reference=self.reference,
         )
         finite = bool(torch.stack(finite_losses).all()) if finite_losses else True
         finite = bool(self._all_reduce([0.0 if finite else 1.0])[0] == 0)
@@ -399,10 +409,11 @@ class Trainer:
 
     def _global_metrics(self, m: dict[str, float]) -> dict[str, float]:
         n = m["trained_tokens"]
-        summed = self._all_reduce([m[k] for k in SUMMED] + [m[k] * n for k in TOKEN_MEANS])
+        means = TOKEN_MEANS + (("kl",) if "kl" in m else ())  # kl: every rank or none (algo.kl_coef)
+        summed = self._all_reduce([m[k] for k in SUMMED] + [m[k] * n for k in means])
         out = dict(zip(SUMMED, summed[: len(SUMMED)], strict=True))
         n_all = max(out["trained_tokens"], 1.0)
-        out.update({k: v / n_all for k, v in zip(TOKEN_MEANS, summed[len(SUMMED) :], strict=True)})
+        out.update({k: v / n_all for k, v in zip(means, summed[len(SUMMED) :], strict=True)})
         hi = self._all_reduce([m["is_ratio_max"]], dist.ReduceOp.MAX)[0]
         lo = -self._all_reduce([-m["is_ratio_min"] if n else -math.inf], dist.ReduceOp.MAX)[0]
         out.update(is_ratio_max=hi, is_ratio_min=lo, microbatches=m["microbatches"])

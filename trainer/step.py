@@ -4,7 +4,8 @@
 summed loss and per-step diagnostics. fused_head=True takes the LM head, log-softmax and loss
 together with their gradient in one pass (trainer.fused_head); the default is the checkpointed,
 chunked head of trainer.logprobs. The DeepSpeed engine passes its own `backward`; tests and
-benchmarks pass `Tensor.backward`.
+benchmarks pass `Tensor.backward`. `reference` (a frozen model, algo.kl_coef > 0) gets one
+no-grad pass per micro-batch over the same packed tree for the KL term's log π_ref.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def forward_backward(
     compiled_head: bool = False,
     kernel_options: dict | None = None,
     fused_head: bool = False,
+    reference: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     backward = backward or (lambda loss: loss.backward())
     device = next(model.parameters()).device
@@ -42,11 +44,17 @@ def forward_backward(
     n_tok = tree_tokens = flat_tokens = 0
     for mb in staged:
         behaviour, adv, weight = mb.behaviour_logprobs, mb.advantages, mb.token_weights
+        ref = None
+        if reference is not None:
+            with torch.no_grad():
+                ref, _ = completion_logprobs(
+                    reference, mb, backend, fp32_head, chunk, compiled_head, kernel_options
+                )
         if fused_head:
             rows, targets = completion_rows(model, mb, backend, kernel_options)
 
-            def chunk_loss(lp: torch.Tensor, sl: slice, b=behaviour, a=adv, w=weight) -> LossOut:
-                return policy_loss(algo, lp, b[sl], a[sl], w[sl])
+            def chunk_loss(lp: torch.Tensor, sl: slice, b=behaviour, a=adv, w=weight, r=ref) -> LossOut:
+                return policy_loss(algo, lp, b[sl], a[sl], w[sl], None if r is None else r[sl])
 
             out, logp, entropy = fused_head_loss(
                 rows,
@@ -61,7 +69,7 @@ def forward_backward(
             logp, entropy = completion_logprobs(
                 model, mb, backend, fp32_head, chunk, compiled_head, kernel_options
             )
-            out = policy_loss(algo, logp, behaviour, adv, weight)
+            out = policy_loss(algo, logp, behaviour, adv, weight, ref)
         backward(out.loss)
         total += out.loss.detach().double()
         stats = {**out.stats, "entropy": entropy, "logp": logp.detach()}
@@ -94,4 +102,6 @@ def forward_backward(
     }
     if "tis" in sums:
         metrics.update(tis_mean=got["sum_tis"] / n, tis_max=got["max_tis"])
+    if "kl" in sums:
+        metrics["kl"] = got["sum_kl"] / n
     return metrics

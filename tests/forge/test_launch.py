@@ -50,10 +50,12 @@ def leftovers(run_dir: Path) -> list[str]:
 @pytest.mark.slow
 def test_launch_trains_syncs_checkpoints_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    first = launch(run_dir, "loop.steps=3")
+    first = launch(run_dir, "loop.steps=3", "algo.kl_coef=0.04")
     assert first.returncode == 0, first.stderr[-4000:]
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # KL to the frozen initial policy: 0 before the first update, then > 0
+    assert abs(rows[0]["train/kl"]) < 1e-5 and rows[2]["train/kl"] > 1e-6
     assert all(r["rollout/episodes"] == 4 and r["train/trained_tokens"] > 0 for r in rows)
     versions = [r["sync/engine_weight_version"] for r in rows]
     assert versions == [1, 2, 3], "the engine must serve each new weight version"
@@ -64,10 +66,11 @@ def test_launch_trains_syncs_checkpoints_and_resumes(tmp_path):
     assert (run_dir / "checkpoints" / "step3").is_dir()
     assert json.loads((run_dir / "state.json").read_text())["step"] == 3
 
-    second = launch(run_dir, "loop.steps=5", "resume=true")
+    second = launch(run_dir, "loop.steps=5", "resume=true", "algo.kl_coef=0.04")
     assert second.returncode == 0, second.stderr[-4000:]
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[3]["train/kl"] > 1e-6, "after a resume the reference is still the initial policy"
     assert [r["sync/engine_weight_version"] for r in rows[3:]] == [4, 5]
     trained = [r["pool/count_failed"] for r in rows]
     assert trained[-1] == 0
@@ -84,6 +87,12 @@ def test_wrong_env_setting_fails_at_start_naming_it(tmp_path):
     out = launch(tmp_path / "bad", "+env.settings.difficulti=3", timeout=120)
     assert out.returncode != 0
     assert "difficulti" in out.stderr
+
+
+def test_unknown_kl_estimator_fails_at_start_naming_it(tmp_path):
+    out = launch(tmp_path / "bad", "algo.kl_coef=0.04", "algo.kl_estimator=k4", timeout=120)
+    assert out.returncode != 0
+    assert "algo.kl_estimator='k4'" in out.stderr
 
 
 def test_cuda_graph_compile_mode_fails_at_start_naming_it(tmp_path):

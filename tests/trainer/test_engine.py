@@ -213,3 +213,21 @@ def test_steps_move_probability_toward_positive_advantage(algo):
         assert tr.train_step(eps)["step_applied"] == 1.0
     g1, b1 = logp()
     assert g1 > g0 + 0.1 and b1 < b0 - 0.1
+
+
+def test_kl_to_reference_starts_at_zero_and_grows_as_the_policy_moves():
+    """The reference is the frozen initial policy: KL 0 on the first step, > 0 after updates."""
+    kl_on = Trainer(TrainerConfig(model="tiny", zero_stage=2, lr=1e-2), AlgoConfig(kl_coef=0.1))
+    plain = Trainer(TrainerConfig(model="tiny", zero_stage=2, lr=1e-2), AlgoConfig())
+    first = kl_on.train_step(episodes())
+    assert abs(first["kl"]) < 1e-6
+    assert first["loss"] == pytest.approx(plain.train_step(episodes())["loss"], abs=1e-6)
+    assert "kl" not in plain.train_step(episodes())
+    later = [kl_on.train_step(episodes())["kl"] for _ in range(2)]
+    assert later[0] > 1e-5 and later[1] > later[0]
+    assert all(not p.requires_grad for p in kl_on.reference.parameters())
+
+
+def test_kl_with_zero3_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="algo.kl_coef"):
+        Trainer(TrainerConfig(model="tiny", zero_stage=3), AlgoConfig(kl_coef=0.1))

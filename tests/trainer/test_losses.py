@@ -1,4 +1,4 @@
-"""Acceptance 2: CISPO against hand-computed values; GRPO/PPO clipping; TIS."""
+"""Acceptance 2: CISPO against hand-computed values; GRPO/PPO clipping; TIS; KL to a reference."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.config import AlgoConfig
-from trainer.losses import cispo, policy_loss, ppo_clip
+from trainer.losses import check_algo, cispo, kl_to_reference, policy_loss, ppo_clip
 
 LOGP = [-1.0, -2.0, -0.5]
 OLD = [-1.2, -1.5, -0.5]  # r = e^0.2 = 1.2214, e^-0.5 = 0.6065, 1
@@ -76,3 +76,53 @@ def test_truncated_is_correction_weights_tokens():
 def test_unknown_algorithm_is_named():
     with pytest.raises(ValueError, match="algo.name='reinforce'"):
         policy_loss(AlgoConfig(name="reinforce"), t(LOGP), t(OLD), t(ADV), t(W))
+
+
+REF = [-1.5, -1.0, -0.5]  # d = log π_ref − log π = [−0.5, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("estimator", "value", "grad"),
+    [
+        ("k1", [0.5, -1.0, 0.0], [1.0, 1.0, 1.0]),
+        ("k2", [0.125, 0.5, 0.0], [0.5, -1.0, 0.0]),
+        ("k3", [math.exp(-0.5) - 0.5, math.e - 2.0, 0.0], [1 - math.exp(-0.5), 1 - math.e, 0.0]),
+    ],
+)
+def test_kl_estimators_values_and_gradients(estimator, value, grad):
+    logp = t(LOGP, grad=True)
+    kl = kl_to_reference(logp, t(REF), estimator)
+    assert kl.tolist() == pytest.approx(value, abs=1e-12)
+    kl.sum().backward()
+    assert logp.grad.tolist() == pytest.approx(grad, abs=1e-12)
+
+
+def test_kl_term_adds_to_the_loss_with_the_normalising_weight_only():
+    """β·Σ w·k3 on top of CISPO; the TIS weight scales the policy term, not the KL term."""
+    base = AlgoConfig(name="cispo", eps_low=0.2, eps_high=0.1, tis_cap=1.1)
+    with_kl = AlgoConfig(**{**vars(base), "kl_coef": 0.5})
+    grads, losses = [], []
+    for algo in (base, with_kl):
+        logp = t(LOGP, grad=True)
+        out = policy_loss(algo, logp, t(OLD), t(ADV), t(W), t(REF))
+        out.loss.backward()
+        grads.append(logp.grad.tolist())
+        losses.append(out.loss.item())
+    k3 = [math.exp(-0.5) - 0.5, math.e - 2.0, 0.0]
+    assert losses[1] - losses[0] == pytest.approx(0.5 * sum(k / 3 for k in k3), rel=1e-12)
+    dk3 = [1 - math.exp(-0.5), 1 - math.e, 0.0]
+    assert [b - a for a, b in zip(*grads, strict=True)] == pytest.approx(
+        [0.5 * g / 3 for g in dk3], abs=1e-12
+    )
+    assert "kl" not in policy_loss(base, t(LOGP), t(OLD), t(ADV), t(W)).stats
+
+
+def test_kl_without_reference_logprobs_or_with_bad_settings_fails_naming_the_key():
+    with pytest.raises(ValueError, match="reference"):
+        policy_loss(AlgoConfig(kl_coef=0.1), t(LOGP), t(OLD), t(ADV), t(W))
+    with pytest.raises(ValueError, match="algo.kl_estimator='k4'"):
+        check_algo(AlgoConfig(kl_coef=0.1, kl_estimator="k4"))
+    with pytest.raises(ValueError, match="algo.kl_coef=-0.1"):
+        check_algo(AlgoConfig(kl_coef=-0.1))
+    with pytest.raises(ValueError, match="algo.name='reinforce'"):
+        check_algo(AlgoConfig(name="reinforce"))

@@ -22,11 +22,11 @@ def model(request):
     return m.float().train()
 
 
-def loss_and_grads(model, episodes, merge, budget, algo=AlgoConfig()):
+def loss_and_grads(model, episodes, merge, budget, algo=AlgoConfig(), **kwargs):
     samples, _ = build_samples(episodes, group_relative(episodes), "token")
     mbs = make_microbatches(samples, budget, merge)
     model.zero_grad(set_to_none=True)
-    metrics = forward_backward(model, mbs, algo, "sdpa_dense")
+    metrics = forward_backward(model, mbs, algo, "sdpa_dense", **kwargs)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return metrics, grads
 
@@ -66,6 +66,27 @@ def test_tree_equals_flat(model, case, seed):
     tree = loss_and_grads(model, episodes, True, budget)
     flat = loss_and_grads(model, episodes, False, budget)
     assert tree[0]["tree_tokens"] < flat[0]["flat_tokens"]
+    assert_same(tree, flat)
+
+
+@pytest.mark.parametrize("fused_head", [False, True])
+def test_kl_to_reference_tree_equals_flat(model, fused_head):
+    """The reference's log-probs come through the same packed tree: KL term and its gradient exact."""
+    import copy
+
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # a policy that has moved away from the reference
+    rng = np.random.default_rng(5)
+    episodes = agent_batch(rng, 2, 3, 3, 12, 6, VOCAB)
+    algo = AlgoConfig(kl_coef=0.3)
+    kw = dict(algo=algo, reference=reference, fused_head=fused_head, chunk=7)
+    tree = loss_and_grads(model, episodes, True, 10_000, **kw)
+    flat = loss_and_grads(model, episodes, False, 10_000, **kw)
+    no_kl = loss_and_grads(model, episodes, True, 10_000, fused_head=fused_head)
+    assert tree[0]["kl"] > 1e-4 and tree[0]["kl"] == pytest.approx(flat[0]["kl"], rel=1e-5)
+    assert tree[0]["loss"] > no_kl[0]["loss"]  # k3 ≥ 0 adds to the loss
     assert_same(tree, flat)
 
 
