@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="trainer.compile_layers: torch.compile each decoder layer (CUDA only; default on)",
+        help="trainer.compile_layers: torch.compile each decoder layer (CUDA with ZeRO 0-2; default on)",
     )
     p.add_argument(
         "--compile-mode", default="default", help="trainer.compile_mode: default | max-autotune-no-cudagraphs"
@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
         "zero_stage": cfg.zero_stage,
         "precision": trainer.precision,
         "checkpointing": cfg.gradient_checkpointing,
-        "compile": cfg.compile_layers and cuda,
+        "compile": cfg.compile_layers and cuda and cfg.zero_stage != 3,
         "compile_mode": cfg.compile_mode,
         "fused_lm_head": cfg.fused_lm_head,
         "compile_lm_head": cfg.compile_lm_head,

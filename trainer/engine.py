@@ -283,7 +283,8 @@ class Trainer:
             model = build_model(cfg.model, dtype=torch.float32, seed=cfg.seed)
         # the KL term's π_ref: the initial weights, frozen (a resumed run rebuilds it the same way)
         reference = copy.deepcopy(model) if algo.kl_coef > 0 else None
-        compile_layers = cfg.compile_layers and self.device == "cuda"
+        # ZeRO-3 gathers each weight in module hooks, which compiled layers would trace (as for the head)
+        compile_layers = cfg.compile_layers and self.device == "cuda" and cfg.zero_stage != 3
         prepare_for_training(model, self.kernel, cfg.gradient_checkpointing, compile_layers, cfg.compile_mode)
         self.engine, *_ = deepspeed.initialize(
             model=model,
