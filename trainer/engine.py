@@ -221,6 +221,17 @@ def deepspeed_config(
     }
 
 
+def reference_config(precision: str, world_size: int) -> dict[str, Any]:
+    """DeepSpeed for the frozen KL reference under ZeRO-3: partitioned weights, no optimizer."""
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "train_batch_size": world_size,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": precision == "bf16"},
+    }
+
+
 def shard_samples(samples: Sequence[TrainSample], rank: int, world: int) -> list[TrainSample]:
     """Whole groups per rank (their prefixes merge), balanced greedily by token count."""
     groups: dict[str, list[TrainSample]] = {}
@@ -261,11 +272,6 @@ class Trainer:
         if cfg.fp32_lm_head and cfg.zero_stage == 3:
             raise ValueError("trainer.fp32_lm_head=true is not supported with trainer.zero_stage=3")
         check_algo(algo)
-        if algo.kl_coef > 0 and cfg.zero_stage == 3:
-            raise ValueError(
-                "algo.kl_coef > 0 is not supported with trainer.zero_stage=3: the frozen reference "
-                "model would be a whole copy on every rank"
-            )
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         os.environ.setdefault("RANK", "0")
@@ -295,8 +301,16 @@ class Trainer:
         self.reference: torch.nn.Module | None = None
         if reference is not None:
             prepare_for_training(reference, self.kernel, False, compile_layers, cfg.compile_mode)
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-            self.reference = reference.to(self.engine.device, dtype).eval().requires_grad_(False)
+            reference.requires_grad_(False)
+            if cfg.zero_stage == 3:  # partitioned like the policy: DeepSpeed without an optimizer
+                ref_engine, *_ = deepspeed.initialize(
+                    model=reference, config=reference_config(self.precision, self.world)
+                )
+                reference = ref_engine.module
+            else:
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+                reference = reference.to(self.engine.device, dtype)
+            self.reference = reference.eval()
         if cfg.zero_stage in (1, 2):
             _fuse_overflow_check(self.engine.optimizer)
             if not getattr(self.engine.optimizer, "cpu_offload", False):

@@ -228,6 +228,13 @@ def test_kl_to_reference_starts_at_zero_and_grows_as_the_policy_moves():
     assert all(not p.requires_grad for p in kl_on.reference.parameters())
 
 
-def test_kl_with_zero3_is_refused_naming_the_key():
-    with pytest.raises(ValueError, match="algo.kl_coef"):
-        Trainer(TrainerConfig(model="tiny", zero_stage=3), AlgoConfig(kl_coef=0.1))
+def test_kl_under_zero3_matches_zero2():
+    """Under ZeRO-3 the reference is partitioned too (DeepSpeed without an optimizer): same KL."""
+    got = []
+    for stage in (2, 3):
+        tr = Trainer(TrainerConfig(model="tiny", zero_stage=stage, lr=1e-2), AlgoConfig(kl_coef=0.1))
+        got.append([tr.train_step(episodes(seed))["kl"] for seed in range(3)])
+        if stage == 3:
+            assert all(hasattr(p, "ds_id") for p in tr.reference.parameters())
+    assert got[1][2] > 1e-5
+    assert got[1] == pytest.approx(got[0], rel=1e-4, abs=1e-9)

@@ -25,10 +25,11 @@ def batch(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_step_identically_and_resume_exactly(ray_local, tmp_path, stage):
+@pytest.mark.parametrize(("stage", "kl_coef"), [(2, 0.0), (3, 0.0), (3, 0.1)])
+def test_two_ranks_step_identically_and_resume_exactly(ray_local, tmp_path, stage, kl_coef):
+    """kl_coef > 0 under ZeRO-3: the partitioned reference's gathers are collective across ranks too."""
     cfg = TrainerConfig(model="tiny", zero_stage=stage, lr=1e-3, micro_batch_tokens=256)
-    group = TrainerGroup(cfg, AlgoConfig(), world_size=2)
+    group = TrainerGroup(cfg, AlgoConfig(kl_coef=kl_coef), world_size=2)
     try:
         before = group.weights_digests()
         m1 = group.train_step(batch(0))
@@ -45,6 +46,8 @@ def test_two_ranks_step_identically_and_resume_exactly(ray_local, tmp_path, stag
         assert group.weights_digests() == after
         m2_again = group.train_step(batch(1))
         assert m2_again["loss"] == m2["loss"]
+        if kl_coef:
+            assert m2["kl"] > 0 and m2_again["kl"] == m2["kl"]
         assert group.weights_digests() == digest2
     finally:
         group.shutdown()
