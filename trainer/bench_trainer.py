@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
         "zero_stage": cfg.zero_stage,
         "precision": trainer.precision,
         "checkpointing": cfg.gradient_checkpointing,
-        "compile": cfg.compile_layers and cuda and cfg.zero_stage != 3,
+        "compile": trainer.compiled_layers,
         "compile_mode": cfg.compile_mode,
         "fused_lm_head": cfg.fused_lm_head,
         "compile_lm_head": cfg.compile_lm_head,

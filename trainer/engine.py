@@ -290,8 +290,10 @@ class Trainer:
         # the KL term's π_ref: the initial weights, frozen (a resumed run rebuilds it the same way)
         reference = copy.deepcopy(model) if algo.kl_coef > 0 else None
         # ZeRO-3 gathers each weight in module hooks, which compiled layers would trace (as for the head)
-        compile_layers = cfg.compile_layers and self.device == "cuda" and cfg.zero_stage != 3
-        prepare_for_training(model, self.kernel, cfg.gradient_checkpointing, compile_layers, cfg.compile_mode)
+        self.compiled_layers = cfg.compile_layers and self.device == "cuda" and cfg.zero_stage != 3
+        prepare_for_training(
+            model, self.kernel, cfg.gradient_checkpointing, self.compiled_layers, cfg.compile_mode
+        )
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -300,7 +302,7 @@ class Trainer:
         self.model = self.engine.module
         self.reference: torch.nn.Module | None = None
         if reference is not None:
-            prepare_for_training(reference, self.kernel, False, compile_layers, cfg.compile_mode)
+            prepare_for_training(reference, self.kernel, False, self.compiled_layers, cfg.compile_mode)
             reference.requires_grad_(False)
             if cfg.zero_stage == 3:  # partitioned like the policy: DeepSpeed without an optimizer
                 ref_engine, *_ = deepspeed.initialize(

@@ -167,6 +167,7 @@ def test_layers_compile_on_cuda_only():
     """trainer.compile_layers defaults on; the CPU path stays eager (compiling there buys nothing)."""
     assert TrainerConfig().compile_layers
     tr = Trainer(TrainerConfig(model="tiny", zero_stage=0, device="cpu"), AlgoConfig())
+    assert not tr.compiled_layers
     assert all(layer._compiled_call_impl is None for layer in tr.model.get_decoder().layers)
 
 
