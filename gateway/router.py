@@ -1,10 +1,20 @@
-"""Routing model calls across engines: least-loaded, sticky per session (KV/prefix-cache reuse).
+"""Routing model calls across engines: least-loaded, sticky per session, prefix affinity for new
+sessions and unscoped calls (engine prefix-cache reuse).
 
 A session keeps the engine of its first call while that engine is up and not much busier than the
-least-loaded one (`sticky_slack` requests more); unscoped calls go to the least-loaded engine.
+least-loaded one (`sticky_slack` requests more). A call with no engine yet (a session's first call,
+or any unscoped call) goes by prefix affinity: its key is a hash of the prompt's first
+`affinity_tokens` tokens (all of a shorter prompt), and it goes to the engine that last served
+that key under the same rule, so the siblings of a group (the G samples of one prompt: separate
+sessions with the same prompt) share one engine's prefix cache while load allows; otherwise to the
+least-loaded engine, which then holds the key. Both maps are bounded LRUs.
+
 An engine that fails to answer (connection refused, 5xx) is skipped for `retry_after_s` and the
 call is tried once more on another engine, if one is up; when none is, the caller gets
 `EngineUnavailableError` (the gateway's 503).
+
+Per engine, `load()` reports calls sent, prompt tokens, and the prompt tokens the engine reused
+from its prefix cache (`meta_info.cached_tokens`), and their ratio `hit_rate`.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ class EngineSlot:
     served: int = 0
     failures: int = 0
     last_error: str = ""
+    calls: int = 0  # sent, failed ones included
+    prompt_tokens: int = 0  # of the answered calls
+    cached_tokens: int = 0  # of those, reused from the engine's prefix cache
 
     def up(self, now: float) -> bool:
         return now >= self.down_until
@@ -40,13 +53,33 @@ class Router:
     sticky_slack: int = 8
     api_key: str | None = None
     max_sticky: int = 200_000
+    affinity_tokens: int = 64
+    max_affinity: int = 200_000
     engines: list[EngineSlot] = field(init=False)
     _sticky: OrderedDict[str, int] = field(init=False, default_factory=OrderedDict)
+    _affinity: OrderedDict[int, int] = field(init=False, default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
+        if self.affinity_tokens < 1:
+            raise ValueError(f"affinity_tokens must be >= 1, got {self.affinity_tokens}")
         self.engines = [EngineSlot(u.rstrip("/"), EngineClient(u, api_key=self.api_key)) for u in self.urls]
 
-    def pick(self, session_id: str | None, exclude: set[int] | None = None) -> int | None:
+    def prefix_key(self, input_ids: list[int] | None) -> int | None:
+        """The affinity key of a prompt: a hash of its first `affinity_tokens` tokens (None: no
+        tokens, no affinity). Collisions only cost a cache hit, never correctness."""
+        if not input_ids:
+            return None
+        return hash(tuple(input_ids[: self.affinity_tokens]))
+
+    def _fits(self, i: int | None, live: list[int], best: int) -> bool:
+        """Engine i is up and at most `sticky_slack` requests busier than the least-loaded one."""
+        return i in live and self.engines[i].in_flight <= self.engines[best].in_flight + self.sticky_slack
+
+    def pick(
+        self, session_id: str | None, exclude: set[int] | None = None, input_ids: list[int] | None = None
+    ) -> int | None:
+        """The engine for a call of `session_id` (None: unscoped) with prompt `input_ids` (None: no
+        prefix affinity), skipping the engines in `exclude`; None when no engine is up."""
         now = time.monotonic()
         live = [i for i, e in enumerate(self.engines) if e.up(now) and i not in (exclude or set())]
         if not live:
@@ -54,17 +87,25 @@ class Router:
         best = min(live, key=lambda i: (self.engines[i].in_flight, self.engines[i].served))
         if session_id is not None:
             sticky = self._sticky.get(session_id)
-            if (
-                sticky in live
-                and self.engines[sticky].in_flight <= self.engines[best].in_flight + self.sticky_slack
-            ):
+            if self._fits(sticky, live, best):
                 self._sticky.move_to_end(session_id)
                 return sticky
-            self._sticky[session_id] = best
+        chosen = best
+        prefix = self.prefix_key(input_ids)  # only hashed for calls that have no engine yet
+        if prefix is not None:
+            near = self._affinity.get(prefix)
+            if near is not None and self._fits(near, live, best):
+                chosen = near
+            self._affinity[prefix] = chosen
+            self._affinity.move_to_end(prefix)
+            while len(self._affinity) > self.max_affinity:
+                self._affinity.popitem(last=False)
+        if session_id is not None:
+            self._sticky[session_id] = chosen
             self._sticky.move_to_end(session_id)
             while len(self._sticky) > self.max_sticky:
                 self._sticky.popitem(last=False)
-        return best
+        return chosen
 
     def forget(self, session_id: str) -> None:
         self._sticky.pop(session_id, None)
@@ -76,14 +117,17 @@ class Router:
         tried: set[int] = set()
         last: Exception | None = None
         for _ in range(2):
-            i = self.pick(session_id, tried)
+            i = self.pick(session_id, tried, input_ids)
             if i is None:
                 break
             slot = self.engines[i]
             slot.in_flight += 1
+            slot.calls += 1
             try:
                 result = await slot.client.generate(input_ids, sampling, rid=rid, return_logprob=True)
                 slot.served += 1
+                slot.prompt_tokens += result.prompt_tokens or len(input_ids)
+                slot.cached_tokens += result.cached_tokens
                 return result, slot.url
             except EngineUnavailableError as exc:
                 slot.failures += 1
@@ -120,6 +164,10 @@ class Router:
                 "failures": e.failures,
                 "up": e.up(now),
                 "last_error": e.last_error,
+                "calls": e.calls,
+                "prompt_tokens": e.prompt_tokens,
+                "cached_tokens": e.cached_tokens,
+                "hit_rate": e.cached_tokens / e.prompt_tokens if e.prompt_tokens else 0.0,
             }
             for e in self.engines
         ]

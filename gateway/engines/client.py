@@ -100,7 +100,9 @@ class GenerateResult:
     finish_reason: "stop" | "length" | "abort" (SGLang's `meta_info.finish_reason.type`);
     matched_stop: the stop token id or stop string that ended it (SGLang's `matched`), if any;
     output_logprobs: one log-prob per output token (from `meta_info.output_token_logprobs`,
-    entries `[logprob, token_id, text]`); empty when `return_logprob=False`.
+    entries `[logprob, token_id, text]`); empty when `return_logprob=False`;
+    cached_tokens: prompt tokens the engine reused from its prefix cache (`meta_info.cached_tokens`;
+    0 when the engine does not say).
     """
 
     rid: str
@@ -113,6 +115,7 @@ class GenerateResult:
     completion_tokens: int
     text: str = ""
     abort_message: str | None = None
+    cached_tokens: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -166,6 +169,11 @@ def parse_generate(data: Any, return_logprob: bool) -> GenerateResult:
                     f"{len(logprobs)} output log-probs for {len(output_ids)} output tokens"
                 )
         version = meta.get("weight_version")
+        cached = meta.get("cached_tokens")
+        if cached is None:
+            cached = 0
+        elif isinstance(cached, bool) or not isinstance(cached, int) or cached < 0:
+            raise EngineProtocolError(f"cached_tokens must be a non-negative integer, got {cached!r}")
         return GenerateResult(
             rid=str(meta.get("id", "")),
             output_ids=output_ids,
@@ -177,6 +185,7 @@ def parse_generate(data: Any, return_logprob: bool) -> GenerateResult:
             completion_tokens=int(meta.get("completion_tokens", len(output_ids))),
             text=str(data.get("text") or ""),
             abort_message=abort_message,
+            cached_tokens=cached,
             raw=data,
         )
     except EngineProtocolError:
