@@ -1,0 +1,234 @@
+"""Paged decode attention: the torch reference against dense attention, and the Triton kernel under
+triton's interpreter (TRITON_INTERPRET=1, numpy on the CPU; skipped when triton is not installed).
+The compiled kernel is checked on a GPU by scripts/device/paged_attn_check.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gateway.engines.native import paged_attn
+from gateway.engines.native.paged_attn import choose_num_splits, kv_bytes_read, paged_decode_reference
+
+
+def paged_case(lens, kv_heads, rep, dim, page_size, dtype, seed=0, max_len=None):
+    """Dense per-row K/V scattered into a shuffled page pool; returns both views of the same data.
+
+    Every slot no row may read (page 0, the scratch page where unused table entries point, and the
+    tail of each row's last page) holds NaN: a key that is read but should not be shows in the result.
+    """
+    g = torch.Generator().manual_seed(seed)
+    batch = len(lens)
+    max_len = max_len or max(lens)
+    max_pages = -(-max_len // page_size)
+    num_pages = batch * max_pages + 1 + 3
+    k_cache = torch.full((num_pages * page_size, kv_heads, dim), float("nan"), dtype=dtype)
+    v_cache = torch.full((num_pages * page_size, kv_heads, dim), float("nan"), dtype=dtype)
+    perm = (torch.randperm(num_pages - 1, generator=g) + 1).int()
+    table = torch.zeros(batch + 2, max_pages, dtype=torch.int32)  # two spare rows of page 0
+    dense_k, dense_v = [], []
+    for b, n in enumerate(lens):
+        pages = -(-n // page_size)
+        table[b, :pages] = perm[b * max_pages : b * max_pages + pages]
+        k = torch.randn(n, kv_heads, dim, generator=g).to(dtype)
+        v = torch.randn(n, kv_heads, dim, generator=g).to(dtype)
+        pos = torch.arange(n)
+        slots = table[b, pos // page_size].long() * page_size + pos % page_size
+        k_cache[slots] = k
+        v_cache[slots] = v
+        dense_k.append(k)
+        dense_v.append(v)
+    q = torch.randn(batch, kv_heads * rep, dim, generator=g).to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    return q, k_cache, v_cache, table, seq_lens, dense_k, dense_v
+
+
+def dense_attention(q, dense_k, dense_v, scale):
+    """Naive per-row, per-head attention over the row's keys, fp64."""
+    batch, q_heads, _ = q.shape
+    kv_heads = dense_k[0].shape[1]
+    rep = q_heads // kv_heads
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(q_heads):
+            k = dense_k[b][:, h // rep].double()  # [n, D]
+            v = dense_v[b][:, h // rep].double()
+            s = k @ q[b, h].double() * scale
+            w = torch.exp(s - s.max())
+            out[b, h] = (w / w.sum()) @ v
+    return out
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@pytest.mark.parametrize(
+    "lens,kv_heads,rep,dim,page_size",
+    [
+        ([1, 37, 16, 100], 2, 2, 64, 16),
+        ([5, 64], 1, 8, 128, 16),
+        ([3, 9, 1], 4, 1, 64, 4),
+        ([33, 2], 2, 3, 32, 1),
+        ([70, 130], 2, 4, 64, 64),
+    ],
+)
+def test_reference_matches_dense_attention(lens, kv_heads, rep, dim, page_size):
+    q, kc, vc, table, seq_lens, dk, dv = paged_case(lens, kv_heads, rep, dim, page_size, torch.float32)
+    scale = 1 / math.sqrt(dim)
+    out = paged_decode_reference(q, kc, vc, table, seq_lens, page_size, scale)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert rel_err(out, dense_attention(q, dk, dv, scale)) < 1e-6
+
+
+def test_reference_bf16_computes_in_fp32():
+    q, kc, vc, table, seq_lens, dk, dv = paged_case([40, 7], 2, 2, 64, 16, torch.bfloat16)
+    out = paged_decode_reference(q, kc, vc, table, seq_lens, 16, 0.125)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, dense_attention(q, dk, dv, 0.125)) < 5e-3  # bf16 output rounding only
+
+
+def test_kv_bytes_read():
+    assert kv_bytes_read(torch.tensor([1, 3], dtype=torch.int32), 8, 128, 2) == 2 * 4 * 8 * 128 * 2
+    assert kv_bytes_read([10], 2, 64, 4) == 2 * 10 * 2 * 64 * 4
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16, 64, 128, 512])
+@pytest.mark.parametrize("max_len", [16, 100, 384, 4096, 32768])
+def test_split_choice_covers_max_len_and_fills_the_gpu(batch, max_len):
+    block_n = 64
+    splits = choose_num_splits(batch, 8, max_len, block_n, sm_count=132)
+    chunk = paged_attn._chunk_len(max_len, splits, block_n)
+    assert splits >= 1 and chunk % block_n == 0 and chunk * splits >= max_len
+    assert chunk * (splits - 1) < max_len  # no split that can never hold a key
+    floor = -(-min(256, max_len) // block_n) * block_n  # the shortest chunk worth a split
+    assert chunk <= max(1024, floor)  # long rows are split even when B·Hkv fills the GPU
+    if (
+        chunk > floor
+    ):  # chunks longer than the floor only once about 2 programs per SM (chunks round to BLOCK_N)
+        assert batch * 8 * splits >= 0.9 * 2 * 132
+
+
+# ---- the Triton kernel under triton's interpreter -------------------------------------------------
+# TRITON_INTERPRET must be set before triton itself is imported (triton.language's own @jit helpers are
+# decorated then), so the kernel cases run in one child process and the tests read its results.
+
+INTERP_CASES = {
+    # id: (lens, kv_heads, rep, dim, page_size, num_splits, max_len)
+    "default-splits-D128": ([1, 130, 64, 200], 2, 2, 128, 16, None, 256),
+    "one-split-final-output": ([1, 130, 64, 200], 2, 2, 64, 16, 1, 200),
+    "odd-splits-rep8-page4": ([300, 5], 1, 8, 64, 4, 5, 320),
+    "rep1-pages-over-block": ([77, 3, 129], 2, 1, 64, 64, 3, 129),
+    "rep3-page1-idle-splits": ([50, 17], 2, 3, 64, 1, 7, 64),
+    "non-contiguous-q": ([40, 90], 2, 2, 64, 16, 2, 128),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _interp_case(mod, case_id: str, dtype_name: str) -> dict:
+    lens, kv_heads, rep, dim, page_size, num_splits, max_len = INTERP_CASES[case_id]
+    dtype = DTYPES[dtype_name]
+    q, kc, vc, table, seq_lens, dk, dv = paged_case(
+        lens, kv_heads, rep, dim, page_size, dtype, max_len=max_len
+    )
+    scale = 1 / math.sqrt(dim)
+    if case_id == "non-contiguous-q":  # [B, Hq, T, D] as an attention module hands it: take T=1
+        wide = torch.randn(q.shape[0], q.shape[1], 3, dim).to(dtype)
+        wide[:, :, 1] = q
+        q = wide[:, :, 1]
+        assert not q.is_contiguous()
+        out = mod.paged_decode_triton(q, kc, vc, table, seq_lens, page_size, scale, max_len, num_splits)
+        given = True
+    else:
+        buf = torch.full_like(q, float("nan"))
+        out = mod.paged_decode_triton(
+            q, kc, vc, table, seq_lens, page_size, scale, max_len, num_splits, out=buf
+        )
+        given = out is buf
+    ref = paged_decode_reference(q, kc, vc, table, seq_lens, page_size, scale)
+    return dict(
+        finite=bool(torch.isfinite(out).all()),
+        shape_ok=out.shape == q.shape and out.dtype == dtype and out.is_contiguous() and given,
+        err_ref=rel_err(out, ref),
+        err_dense=rel_err(out, dense_attention(q, dk, dv, scale)),
+    )
+
+
+def _interp_main() -> None:
+    """The child's entry point (TRITON_INTERPRET=1 set before any import)."""
+    assert paged_attn._interpreted(), "kernels are not interpreted"
+    res = {f"{c}/{d}": _interp_case(paged_attn, c, d) for c in INTERP_CASES for d in DTYPES}
+    print("RESULTS " + json.dumps(res))
+
+
+@pytest.fixture(scope="module")
+def interp_results() -> dict:
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed: pip install triton to run the kernel on its CPU interpreter")
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import importlib.util, sys; sys.path.insert(0, sys.argv[1]); "
+        "spec = importlib.util.spec_from_file_location('paged_attn_interp_test', sys.argv[2]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m._interp_main()"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root), __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
+    assert proc.returncode == 0 and lines, f"interpreter child failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1].removeprefix("RESULTS "))
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case_id", list(INTERP_CASES))
+def test_triton_kernel_on_interpreter(interp_results, case_id, dtype_name):
+    r = interp_results[f"{case_id}/{dtype_name}"]
+    tol = 1e-5 if dtype_name == "fp32" else 1e-2
+    assert r["finite"] and r["shape_ok"], r
+    assert r["err_ref"] < tol and r["err_dense"] < tol, r
+
+
+def test_triton_rejects_bad_arguments():
+    if paged_attn.triton is None:
+        pytest.skip("triton is not installed")
+    q, kc, vc, table, seq_lens, _, _ = paged_case([4], 2, 2, 64, 16, torch.float32)
+    call = paged_attn.paged_decode_triton  # the checks run before any launch: fine on the CPU
+    with pytest.raises(ValueError, match="int32"):
+        call(q, kc, vc, table, seq_lens.long(), 16, 0.125, 16)
+    with pytest.raises(ValueError, match="page_size"):
+        call(q, kc, vc, table, seq_lens, 12, 0.125, 16)
+    with pytest.raises(ValueError, match="dtype"):
+        call(q.double(), kc, vc, table, seq_lens, 16, 0.125, 16)
+    with pytest.raises(ValueError, match="multiple"):
+        call(q[:, :3], kc, vc, table, seq_lens, 16, 0.125, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case_id", list(INTERP_CASES))
+def test_triton_kernel_compiled_on_cuda(case_id, dtype):
+    if paged_attn.triton is None:
+        pytest.skip("triton is not installed")
+    lens, kv_heads, rep, dim, page_size, num_splits, max_len = INTERP_CASES[case_id]
+    q, kc, vc, table, seq_lens, dk, dv = paged_case(
+        lens, kv_heads, rep, dim, page_size, dtype, max_len=max_len
+    )
+    q, kc, vc, table, seq_lens = (t.cuda() for t in (q, kc, vc, table, seq_lens))
+    scale = 1 / math.sqrt(dim)
+    out = paged_attn.paged_decode_triton(q, kc, vc, table, seq_lens, page_size, scale, max_len, num_splits)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(out.cpu(), dense_attention(q.cpu(), dk, dv, scale)) < tol
