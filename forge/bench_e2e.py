@@ -1,6 +1,11 @@
 """`forge bench e2e`: end-to-end trained tokens/s of `forge launch`, and with `--peer trl` the same
 figures for TRL's GRPOTrainer on the same model, task, batch and device.
 
+`--env NAME` picks the environment (default calculator, a few calls per episode; `lookup_chain`:
+16+ calls per episode, the context growing by one ~64-token record per call, for prefix reuse);
+an env's own launch defaults come with it (ENV_OVERRIDES; yours still win). The TRL peer runs
+calculator and tool-free white-box envs only, and refuses the rest before anything runs.
+
 Trained tokens/s (both systems): the prompt + completion tokens of every sample trained in the
 measured steps (flat-equivalent: a shared prefix counts once per sample, padding never counts),
 divided by those steps' wall time. Forge: a sample is one model call, its tokens are
@@ -51,10 +56,9 @@ from typing import Any
 PEER_PACKAGES = "trl==1.16.0 datasets==5.2.0 'dill<0.4.2' 'multiprocess<0.70.20'"
 TARGET_RATIO = 3.0
 
-# Every run: the calculator task, no held-out eval, no W&B, no live console, no checkpoint
-# inside the measured steps (the one at the end comes after the last metrics line).
+# Every run: no held-out eval, no W&B, no live console, no checkpoint inside the measured steps
+# (the one at the end comes after the last metrics line). The env is `--env` (default calculator).
 COMMON = [
-    "env=calculator",
     "env.eval_prompts=0",
     "logger=none",
     "logger.console=false",
@@ -81,6 +85,10 @@ DEVICE_OVERRIDES = {
         "trainer.gradient_checkpointing=false",
     ],
 }
+# what an env needs beyond its preset (any override of the same key wins): lookup_chain's
+# 24 calls × ~140 tokens do not fit forge.yaml's 512-token engine context
+ENV_OVERRIDES = {"lookup_chain": ["engine.context_length=4096"]}
+TRL_TOOLS = {"calculator"}  # the tools the TRL peer has a binding for (`calculator` below)
 DEFAULTS = {  # device: model, steps, prompts_per_step, group_size
     "cpu": ("tiny", 3, 2, 2),
     "cuda": ("qwen3_0p6b_random", 8, 8, 8),
@@ -257,6 +265,27 @@ def _tail(path: Path, lines: int = 40) -> str:
 # --------------------------------------------------------------------------- the TRL side
 def trl_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("trl", "datasets"))
+
+
+def trl_refusal(cfg) -> str | None:
+    """Why the TRL peer cannot run cfg's env (one line), or None: it runs white-box envs whose
+    tools, if any, are calculator's (TRL's `tools=` loop needs a Python binding for each)."""
+    from agent_side.registry import get_env, load_env_modules, make_config
+    from agent_side.tasks import make_tasks
+
+    load_env_modules(list(cfg.env.modules))
+    spec = get_env(cfg.env.name)
+    if not spec.white_box:
+        return f"env={cfg.env.name} is a black-box agent; the TRL peer runs white-box envs only"
+    env_cfg = make_config(cfg.env.name, dict(cfg.env.settings))
+    (task,) = make_tasks(cfg.env.name, 1, cfg.seed, 1, env_cfg)
+    names = [t["function"]["name"] for t in spec.env_class(env_cfg, task).tools or []]
+    if set(names) - TRL_TOOLS:
+        return (
+            f"env={cfg.env.name} offers tools {names} that TRL has no binding for; "
+            "the TRL peer runs env=calculator or a tool-free env (run without --peer)"
+        )
+    return None
 
 
 def trl_spec(cfg, device: str, steps: int, generation: str, grad_accum: int) -> dict[str, Any]:
@@ -520,6 +549,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prompts-per-step", type=int, default=None, help="default 2 (cpu), 8 (cuda)")
     p.add_argument("--group-size", type=int, default=None, help="default 2 (cpu), 8 (cuda)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--env", default="calculator", help="environment (default calculator; lookup_chain: 16+ calls)"
+    )
     p.add_argument("--peer", choices=["trl"], default=None, help="also run TRL's GRPOTrainer")
     p.add_argument("--peer-only", action="store_true", help="run only the peer (no forge launch)")
     p.add_argument("--trl-generation", choices=["generate", "paged"], default="generate")
@@ -536,13 +568,6 @@ def main(argv: list[str]) -> int:
         results = [r for r in rows if r.get("system") in ("forge", "trl")]
         return report(results, args.json, "trl")
 
-    if args.peer == "trl" and not trl_available():
-        print(
-            f"forge bench e2e --peer trl needs TRL, which is not installed: pip install -e '.[peer]' "
-            f"(or pip install {PEER_PACKAGES})",
-            file=sys.stderr,
-        )
-        return 2
     if args.peer_only and not args.peer:
         p.error("--peer-only needs --peer")
     model, steps, prompts, group = DEFAULTS[args.device]
@@ -550,6 +575,7 @@ def main(argv: list[str]) -> int:
         COMMON,
         DEVICE_OVERRIDES[args.device],
         [
+            f"env={args.env}",
             model_override(args.model or model),
             f"seed={args.seed}",
             f"loop.steps={args.steps or steps}",
@@ -565,13 +591,29 @@ def main(argv: list[str]) -> int:
     steps = int(steps_value)
     if steps <= args.warmup:
         p.error(f"{steps} steps leave nothing after --warmup {args.warmup}")
-    # no checkpoint inside the measured steps (an explicit loop.checkpoint_every still wins)
-    overrides = merge_overrides([f"loop.checkpoint_every={steps}"], overrides)
+    # no checkpoint inside the measured steps (an explicit loop.checkpoint_every still wins);
+    # the env's own defaults, whichever way it was chosen (--env, --set env=…, -- env=…)
+    env_name = {_key(o): o.split("=", 1)[1] for o in overrides}["env"]
+    overrides = merge_overrides(
+        [f"loop.checkpoint_every={steps}", *ENV_OVERRIDES.get(env_name, [])], overrides
+    )
     try:  # a wrong key or value fails here, before any run
         cfg = resolve_config([*overrides, "run_dir=unused"])
     except Exception as exc:  # Hydra's and OmegaConf's errors name the key
         print(f"forge bench e2e: bad overrides: {exc}", file=sys.stderr)
         return 2
+    if args.peer == "trl":
+        refusal = trl_refusal(cfg)
+        if refusal:
+            print(f"forge bench e2e --peer trl: {refusal}", file=sys.stderr)
+            return 2
+        if not trl_available():
+            print(
+                f"forge bench e2e --peer trl needs TRL, which is not installed: pip install -e '.[peer]' "
+                f"(or pip install {PEER_PACKAGES})",
+                file=sys.stderr,
+            )
+            return 2
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="forge-bench-e2e-"))
     out.mkdir(parents=True, exist_ok=True)
