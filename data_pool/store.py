@@ -496,7 +496,7 @@ def connect(cfg: PoolConfig | None = None) -> DataPool:
     server = None
     url = cfg.redis_url
     if url is None:
-        server = EmbeddedRedis(cfg.run_dir, cfg.redis_server).start()
+        server = EmbeddedRedis(cfg.run_dir, cfg.redis_server, host=cfg.embedded_host).start()
         url = server.url
     try:
         probe = _client(url, cfg, retries=0)
