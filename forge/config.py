@@ -78,6 +78,36 @@ class ClusterConfig:
 
 
 @dataclass
+class PlacementConfig:
+    """Which hosts of a Ray cluster run each tier. An entry names a Ray resource that the host's
+    node offers (`ray start --resources='{"host_b": 1}'`, or Ray's own `node:10.0.0.2`); each
+    instance of the tier asks for 0.001 of it, so the entry pins where it runs, not how many fit.
+    A list has one entry per instance (its length is the tier's count: engine.num_engines,
+    loop.trainer_world_size, loop.env_workers) or a single entry for all of them; empty (the
+    default) lets Ray choose, which on one host is today's behaviour. A name no node offers is
+    refused at start instead of leaving an actor pending forever."""
+
+    engines: list[str] = field(default_factory=list)
+    trainer: list[str] = field(default_factory=list)  # rank i runs on trainer[i]
+    env_workers: list[str] = field(default_factory=list)
+    gateway: str | None = None
+    # addresses services bind: "auto" = loopback on a one-node cluster, else 0.0.0.0 reached at
+    # each node's Ray address (the gateway then needs gateway.api_keys; one is generated if unset)
+    bind: str = "auto"  # auto | loopback | all
+
+    def instances(self, tier: str, count: int) -> list[str | None]:
+        """The resource each of `count` instances of `tier` asks for (None: anywhere)."""
+        hosts = [self.gateway] if tier == "gateway" else list(getattr(self, tier))
+        if not hosts or hosts == [None]:
+            return [None] * count
+        if len(hosts) == 1:
+            return hosts * count
+        if len(hosts) != count:
+            raise ValueError(f"placement.{tier} has {len(hosts)} entries for {count} instances")
+        return hosts
+
+
+@dataclass
 class ForgeConfig:
     run_dir: str = "runs/default"
     resume: bool = False
@@ -91,6 +121,7 @@ class ForgeConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 
@@ -118,6 +149,24 @@ def validate(cfg: ForgeConfig) -> None:
         make_config(cfg.env.name, dict(cfg.env.settings))
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"env.settings: {exc}") from exc
+    counts = {
+        "engines": (len(cfg.engine.urls) or cfg.engine.num_engines, "engine.num_engines"),
+        "trainer": (cfg.loop.trainer_world_size, "loop.trainer_world_size"),
+        "env_workers": (cfg.loop.env_workers, "loop.env_workers"),
+    }
+    for tier, (count, key) in counts.items():
+        hosts = getattr(cfg.placement, tier)
+        if len(hosts) > 1 and len(hosts) != count:
+            raise ValueError(
+                f"placement.{tier}={hosts}: {len(hosts)} entries but {key}={count} "
+                "(give one entry per instance, or one for all)"
+            )
+        if any(not h for h in hosts):
+            raise ValueError(f"placement.{tier}={hosts}: empty entry")
+    if cfg.engine.urls and cfg.placement.engines:
+        raise ValueError("placement.engines is set but engine.urls attaches to running engines")
+    if cfg.placement.bind not in ("auto", "loopback", "all"):
+        raise ValueError(f"placement.bind={cfg.placement.bind!r}: expected auto, loopback or all")
     check_compile_mode(cfg.trainer.compile_mode)
     check_algo(cfg.algo)
     cfg.pool.validate()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from forge.config import ForgeConfig, validate
+from trainer.actor import TrainerRankLost
 
 log = logging.getLogger("forge")
 
@@ -93,6 +94,7 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
             engine_urls = rt.start_engines(model_dir)
             gateway_url = rt.start_gateway(engine_urls, model_dir, pool)
             trainer = rt.start_trainer(model_dir)
+            record_addresses(run_dir, engine_urls, gateway_url, pool.url, trainer.master_addr)
             weights_dir = str(run_dir / "weights")
             if cfg.resume:
                 trainer.load_checkpoint(str(run_dir / "checkpoints"), state.checkpoint)
@@ -125,6 +127,7 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
                 batch = merge_batches(parts)
                 monitor.phase("training")
                 metrics = trainer.train_step(batch.episodes)
+                record_trained(run_dir, state.step + 1, batch)
                 unacked.extend(parts)
                 sync: dict[str, Any] = {}
                 if metrics["step_applied"]:
@@ -158,12 +161,44 @@ def run(cfg: ForgeConfig) -> dict[str, Any]:
                     f"held-out accuracy: {summary['accuracy_before']:.3f} → {summary['accuracy_after']:.3f}"
                 )
             monitor.phase("stopping")
+    except TrainerRankLost as exc:
+        raise TrainerRankLost(
+            f"{exc}. The run stops (a rank cannot be replaced mid-run); the last checkpoint is step "
+            f"{state.checkpoint or 'none'}: continue with `forge launch resume=true run_dir={run_dir}` "
+            "(and loop.trainer_world_size / placement.trainer for the hosts that remain)"
+        ) from exc
     finally:
         stop.restore()
         if summary:
             monitor.summary(summary)
         monitor.close()
     return summary
+
+
+def record_addresses(run_dir: Path, engines: list[str], gateway: str, redis_url: str, trainer: str) -> None:
+    """The addresses every tier dials, for the record (run_dir/addresses.json; no password)."""
+    from urllib.parse import urlsplit
+
+    redis_at = urlsplit(redis_url)
+    row = {
+        "engines": engines,
+        "gateway": gateway,
+        "redis": f"{redis_at.hostname}:{redis_at.port}",
+        "trainer_master": trainer,
+    }
+    (run_dir / "addresses.json").write_text(json.dumps(row, indent=1) + "\n")
+
+
+def record_trained(run_dir: Path, step: int, batch: Any) -> None:
+    """Append which tasks (id, attempt) and samples step `step` trains to run_dir/trained.jsonl. A
+    resumed run retrains the steps after its checkpoint: for each step the last line counts."""
+    row = {
+        "step": step,
+        "tasks": [[e.task.id, e.task.attempt] for e in batch.episodes],
+        "samples": [f"{s.session_id}/{s.turn}" for e in batch.episodes for s in e.samples],
+    }
+    with (run_dir / "trained.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def probe_engine(url: str) -> dict[str, Any]:

@@ -28,10 +28,17 @@ def _device(cfg: ForgeConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# every Ray worker process of a run pins gloo to its node's address (see forge.netif)
+WORKER_SETUP_HOOK = "forge.netif.setup_worker"
+PLACEMENT_SHARE = 0.001  # of a host's resource per placed actor: it pins, it does not limit
+
+
 class Runtime(contextlib.ExitStack):
     def __init__(self, cfg: ForgeConfig, run_dir: Path) -> None:
         super().__init__()
         self.cfg, self.run_dir = cfg, run_dir
+        self.multi_node = False
+        self.bind_host = "127.0.0.1"  # what engines and the gateway bind (0.0.0.0 across nodes)
 
     # -------------------------------------------------------------- Ray + pool
     def start_ray(self) -> None:
@@ -39,7 +46,11 @@ class Runtime(contextlib.ExitStack):
         if ray.is_initialized():
             return
         # actor logs (one line per HTTP request) go to the Ray session dir, not the console
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "runtime_env": {"worker_process_setup_hook": WORKER_SETUP_HOOK},
+        }
         if c.address:
             ray.init(address=c.address, **kwargs)
         else:
@@ -48,11 +59,57 @@ class Runtime(contextlib.ExitStack):
         with contextlib.suppress(Exception):  # where the actors' logs are
             session = ray._private.worker._global_node.get_session_dir_path()
             (self.run_dir / "ray_session").write_text(session + "\n")
+        self._check_placement()
+        self._choose_addresses()
+
+    def _check_placement(self) -> None:
+        """Every host named in `placement` must be offered by some node (else an actor would wait
+        for it forever)."""
+        p = self.cfg.placement
+        offered = set(ray.cluster_resources())
+        named = [(f"placement.{t}", h) for t in ("engines", "trainer", "env_workers") for h in getattr(p, t)]
+        named += [("placement.gateway", p.gateway)] if p.gateway else []
+        for key, host in named:
+            if host not in offered:
+                hosts = sorted(
+                    r for r in offered if not r.startswith(("CPU", "GPU", "memory", "object_store"))
+                )
+                raise ValueError(
+                    f"{key}: no node of the Ray cluster offers resource {host!r} (offered: {', '.join(hosts)}); "
+                    "name a host with `ray start --resources='{\"NAME\": 1}'` or use node:<ip>"
+                )
+
+    def _choose_addresses(self) -> None:
+        """On a cluster of more than one node nothing may bind or dial loopback: engines and the
+        gateway bind 0.0.0.0 and are reached at their node's address, the gateway needs an API key
+        (generated for this run when gateway.api_keys is empty), an embedded Redis binds this node's
+        address with a password."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self.multi_node = len(nodes) > 1
+        bind = self.cfg.placement.bind
+        if bind == "all" or (bind == "auto" and self.multi_node):
+            self.bind_host = "0.0.0.0"
+        if self.bind_host == "0.0.0.0" and not self.cfg.gateway.api_keys:
+            import secrets
+
+            self.cfg.gateway.api_keys = [secrets.token_urlsafe(24)]
+            log.info("gateway binds off loopback and gateway.api_keys is empty: generated a key for this run")
+        log.info("Ray: %d node(s); engines and gateway bind %s", len(nodes), self.bind_host)
+
+    def placed(self, tier: str, count: int) -> list[dict[str, Any]]:
+        """Ray actor options that pin each of `count` instances of `tier` to its host."""
+        return [
+            {"resources": {host: PLACEMENT_SHARE}} if host else {}
+            for host in self.cfg.placement.instances(tier, count)
+        ]
 
     def start_pool(self):
         from data_pool import connect
 
         pool_cfg = dataclasses.replace(self.cfg.pool, run_dir=str(self.run_dir / "redis"))
+        if pool_cfg.redis_url is None and self.bind_host != "127.0.0.1":
+            # the head's address (this driver's node), with a generated password: never loopback
+            pool_cfg = dataclasses.replace(pool_cfg, embedded_host=ray.util.get_node_ip_address())
         pool = connect(pool_cfg)
         self.callback(pool.close)
         return pool
@@ -75,11 +132,15 @@ class Runtime(contextlib.ExitStack):
             return ray.get([s.url.remote() for s in servers])
         from gateway.engines.native.actor import EngineActor
 
+        placed = self.placed("engines", e.num_engines)
         actors = [
             EngineActor.options(
-                num_gpus=e.num_gpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(e.torch_threads)}}
+                num_gpus=e.num_gpus,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(e.torch_threads)}},
+                **placed[i],
             ).remote(
                 model_dir,
+                host=self.bind_host,
                 device=device,
                 max_running_requests=e.max_running_requests,
                 cuda_graph=e.cuda_graph,
@@ -87,7 +148,7 @@ class Runtime(contextlib.ExitStack):
                 kv_cache_gb=e.kv_cache_gb,
                 seed=self.cfg.seed,
             )
-            for _ in range(e.num_engines)
+            for i in range(e.num_engines)
         ]
         self.callback(lambda: _stop_all(actors))
         return ray.get([a.url.remote() for a in actors])
@@ -96,8 +157,10 @@ class Runtime(contextlib.ExitStack):
     def start_gateway(self, engine_urls: list[str], model_dir: str, pool) -> str:
         from gateway.actor import GatewayActor
 
-        gw_cfg = dataclasses.replace(self.cfg.gateway, engine_urls=engine_urls, model=model_dir)
-        actor = GatewayActor.remote(gw_cfg, pool)
+        gw_cfg = dataclasses.replace(
+            self.cfg.gateway, engine_urls=engine_urls, model=model_dir, host=self.bind_host
+        )
+        actor = GatewayActor.options(**self.placed("gateway", 1)[0]).remote(gw_cfg, pool)
         self.callback(lambda: _stop_all([actor]))
         return ray.get(actor.url.remote())
 
@@ -113,6 +176,7 @@ class Runtime(contextlib.ExitStack):
             world_size=loop.trainer_world_size,
             num_gpus=loop.trainer_num_gpus,
             torch_threads=loop.trainer_torch_threads,
+            rank_options=self.placed("trainer", loop.trainer_world_size),
         )
         self.callback(group.shutdown)
         return group
@@ -122,16 +186,23 @@ class Runtime(contextlib.ExitStack):
         from agent_side.ray_worker import start_env_workers
 
         loop, env = self.cfg.loop, self.cfg.env
-        actors = start_env_workers(
-            n=loop.env_workers,
-            redis_url=pool.url,
-            gateway_url=gateway_url,
-            pool_config=pool.cfg,
-            concurrency=loop.worker_concurrency,
-            env_configs={env.name: dict(env.settings)},
-            env_modules=list(env.modules),
-            api_key=api_key(self.cfg),
-        )
+        by_host: dict[str | None, int] = {}
+        for host in self.cfg.placement.instances("env_workers", loop.env_workers):
+            by_host[host] = by_host.get(host, 0) + 1
+        actors = []
+        for host, n in by_host.items():  # worker ids: env-worker-0… or env-worker-HOST-0…
+            actors += start_env_workers(
+                n=n,
+                redis_url=pool.url,
+                gateway_url=gateway_url,
+                pool_config=pool.cfg,
+                name_prefix=f"env-worker-{host}" if host else "env-worker",
+                ray_options={"resources": {host: PLACEMENT_SHARE}} if host else None,
+                concurrency=loop.worker_concurrency,
+                env_configs={env.name: dict(env.settings)},
+                env_modules=list(env.modules),
+                api_key=api_key(self.cfg),
+            )
         runs = [a.run.remote() for a in actors]
 
         def stop() -> None:
