@@ -111,6 +111,9 @@ class TrainerGroup:
         addr, port = ray.get(probe.address.remote())
         self.master_addr = addr  # rank 0's node address: the trainers' rendezvous
         ray.kill(probe)
+        # rank 0 on the probe's node: on a cluster Ray may otherwise pick another one (even one
+        # offering the same placement resource), and every rank would wait for it at `addr` forever
+        opts[0] = {**opts[0], "resources": {**opts[0].get("resources", {}), f"node:{addr}": 0.001}}
         self.actors = [remote.options(**opts[r]).remote(r, world_size, addr, port) for r in range(world_size)]
         try:
             get_all([a.setup.remote(cfg, algo, torch_threads) for a in self.actors])
