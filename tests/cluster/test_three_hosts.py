@@ -394,7 +394,6 @@ def test_node_failure_stops_clearly_and_resume_continues(cluster, tmp_path):
         "in_flight_on_c": after,
     }
     print("node failure:", json.dumps(report))
-    (Path(__file__).parent / ".last_node_failure.json").write_text(json.dumps(report, indent=1))
 
 
 def test_sweep_runs_every_job_on_the_cluster_with_embedded_pool(cluster, tmp_path):
