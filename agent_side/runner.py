@@ -4,6 +4,11 @@
 with the model calls, metrics, number of calls). Whatever goes wrong inside the environment or
 the agent raises `EpisodeError` with a one-line reason; the worker aborts the episode with it.
 The base URL may be a gateway session (recorded, trained on) or the unscoped gateway (evaluation).
+
+A white-box episode whose next call no longer fits the model's context (the gateway's 400
+`context_length_exceeded`: nothing generated, nothing recorded) ends there as truncated, as at
+`max_turns`: the calls so far are its trajectory, its metrics say `truncated` and
+`context_truncated` 1. When already the first call does not fit, `ContextExceeded` is raised.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ RATE_LIMIT_RETRIES = 20
 
 class EpisodeError(RuntimeError):
     """The episode cannot produce a valid trajectory; `str(exc)` is the reason recorded."""
+
+
+class ContextExceeded(EpisodeError):
+    """The episode's first model call does not fit the model's context: no trajectory at all, and a
+    retry would render the same prompt, so the task fails at once (later calls truncate instead)."""
 
 
 @dataclass
@@ -98,7 +108,13 @@ async def run_whitebox(
     metrics: dict[str, float] = {}
     for turn in range(env.config.max_turns):
         kwargs = {"model": model, "messages": state, **({"tools": tools} if tools else {}), **sampling}
-        completion = await _create(client, kwargs, turn)
+        try:
+            completion = await _create(client, kwargs, turn)
+        except ContextExceeded:
+            if not per_step:
+                raise
+            metrics.update(truncated=1.0, context_truncated=1.0)  # the context is full: truncated
+            break
         if not completion.choices:
             raise EpisodeError(f"model call {turn} returned no choices")
         reply = completion.choices[0].message.model_dump(exclude_none=True)
@@ -118,7 +134,8 @@ async def run_whitebox(
 
 async def _create(client: openai.AsyncOpenAI, kwargs: dict[str, Any], turn: int) -> Any:
     """One model call. A 429 (the gateway is at its concurrency limit; nothing was generated or
-    recorded) is retried after its Retry-After; any other failure ends the episode."""
+    recorded) is retried after its Retry-After; a prompt (+ max_tokens) that does not fit the
+    context raises ContextExceeded; any other failure ends the episode (EpisodeError)."""
     for attempt in range(RATE_LIMIT_RETRIES + 1):
         try:
             return await client.chat.completions.create(**kwargs)
@@ -130,6 +147,10 @@ async def _create(client: openai.AsyncOpenAI, kwargs: dict[str, Any], turn: int)
             except ValueError:
                 delay = 1.0
             await asyncio.sleep(min(max(delay, 0.05), 30.0))
+        except openai.BadRequestError as exc:
+            if exc.code == "context_length_exceeded":
+                raise ContextExceeded(f"model call {turn} does not fit the model's context: {exc}") from exc
+            raise EpisodeError(f"model call {turn} failed: {type(exc).__name__}: {exc}") from exc
         except openai.APIError as exc:
             raise EpisodeError(f"model call {turn} failed: {type(exc).__name__}: {exc}") from exc
     raise AssertionError("unreachable")

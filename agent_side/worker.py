@@ -10,8 +10,10 @@ Anything that goes wrong inside an episode — the environment raises, returns a
 hangs past its step or episode timeout, the agent program crashes, the gateway refuses the
 session, the recorded samples do not match the model calls — aborts that episode with the reason
 (`pool.abort`: retried with the same FIFO position, or `failed` after `max_attempts`), and the
-worker carries on. A task naming an unregistered environment is failed at once (no worker can
-ever run it). A task whose lease was lost (this worker stalled; the pool gave it to another) is
+worker carries on. An episode whose next call no longer fits the model's context ends truncated
+(runner: its calls so far are trained on, `context_truncated` in its metrics); one whose first call
+already does not fit, and a task naming an unregistered environment, are failed at once (no
+retry can run them). A task whose lease was lost (this worker stalled; the pool gave it to another) is
 dropped silently by this worker: it is no longer ours to finish or abort. A worker that dies
 (kill -9) stops heartbeating; the pool retries its tasks when their leases expire.
 
@@ -35,7 +37,13 @@ import httpx
 
 from agent_side.env import EnvConfig
 from agent_side.registry import get_env, load_env_modules, make_config
-from agent_side.runner import EpisodeError, EpisodeOutcome, episode_http_client, run_episode
+from agent_side.runner import (
+    ContextExceeded,
+    EpisodeError,
+    EpisodeOutcome,
+    episode_http_client,
+    run_episode,
+)
 from data_pool.errors import StaleTaskError, UnknownTaskError
 from forge.types import Task
 
@@ -191,6 +199,8 @@ class EnvWorker:
             session_id, outcome = episode.result()
         except LeaseLost:
             return "lease_lost"
+        except ContextExceeded as exc:  # a retry renders the same first prompt: fail at once
+            return await self._fail(task, str(exc))
         except (EpisodeError, SessionError) as exc:
             return await self._abort(task, str(exc))
         except Exception as exc:  # a bug or an unexpected failure: still never lose the task

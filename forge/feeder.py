@@ -85,6 +85,9 @@ def batch_metrics(
     }
     if acc:
         out["accuracy/mean"] = sum(acc) / len(acc)
+    # episodes cut off (at max_turns, or when the next call no longer fit the context): how many
+    out["rollout/truncated"] = sum(e.metrics.get("truncated", 0.0) > 0 for e in eps)
+    out["rollout/context_truncated"] = sum(e.metrics.get("context_truncated", 0.0) > 0 for e in eps)
     out.update(rollout_timings(eps))
     for k, v in train.items():
         key = k.replace("time_", "").removesuffix("_s") + "_s" if k.startswith("time_") else k

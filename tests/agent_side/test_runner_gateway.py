@@ -12,7 +12,7 @@ from agent_side.env import BlackBoxEnv, BlackBoxResult, EnvConfig
 from agent_side.envs.calculator import ELIDED, Calculator, CalculatorConfig
 from agent_side.envs.react import ReactAgentEnv, ReactConfig
 from agent_side.evaluate import evaluate
-from agent_side.runner import EpisodeError, run_episode
+from agent_side.runner import ContextExceeded, EpisodeError, run_episode
 from forge.types import Task
 
 # must match tests/agent_side/conftest.py (the scripted models' script); checked by `test_case_matches`
@@ -137,7 +137,7 @@ def test_model_call_errors_become_episode_errors(make_gateway, answer_engine, an
         asyncio.run(run_episode(Calculator(CalculatorConfig(), _calc_task()), f"{gw.url}/sessions/nope"))
     _, base_url = _session(gw.url)
     too_long = CalculatorConfig(max_tokens=10**6)  # beyond the context: the gateway answers 400
-    with pytest.raises(EpisodeError, match="BadRequestError"):
+    with pytest.raises(ContextExceeded, match="model call 0 does not fit the model's context"):
         asyncio.run(run_episode(Calculator(too_long, _calc_task()), base_url))
 
 
