@@ -40,8 +40,12 @@ class EngineConfig:
     num_gpus: float = 0.0  # per engine actor (0: share the GPU with the trainer)
     max_running_requests: int = 64
     cuda_graph: bool = True
-    context_length: int | None = None  # tokens per request slot (None: the model's, at most 4096)
-    kv_cache_gb: float | None = None  # None: 2 GiB on CPU, half the free GPU memory on CUDA
+    context_length: int | None = None  # tokens per request (None: the model's, at most 4096)
+    kv_cache_gb: float | None = None  # the KV page pool; None: 2 GiB on CPU, half the free GPU memory
+    page_size: int = 16  # token positions per KV page (a power of two)
+    prefix_cache: bool = True  # reuse cached prompt prefixes across calls (flushed on each weight update)
+    attention: str = "auto"  # decode attention: auto (triton on CUDA, else sdpa) | triton | sdpa
+    compile: bool = True  # CUDA: torch.compile the decode step's norms, RoPE, activation, sampler
     torch_threads: int = 1  # CPU: threads for each engine (the trainer keeps the rest)
 
 
@@ -138,6 +142,11 @@ def validate(cfg: ForgeConfig) -> None:
     load_env_modules(list(cfg.env.modules))  # plug-in environments register on import
     if cfg.engine.kind not in ("native", "sglang"):
         raise ValueError(f"engine.kind={cfg.engine.kind!r}: expected native or sglang")
+    ps = cfg.engine.page_size
+    if ps < 1 or ps & (ps - 1):
+        raise ValueError(f"engine.page_size={ps}: must be a power of two")
+    if cfg.engine.attention not in ("auto", "triton", "sdpa"):
+        raise ValueError(f"engine.attention={cfg.engine.attention!r}: expected auto, triton or sdpa")
     if cfg.loop.weight_sync not in ("distributed", "disk"):
         raise ValueError(f"loop.weight_sync={cfg.loop.weight_sync!r}: expected distributed or disk")
     if cfg.logger.mode not in ("offline", "online", "none"):

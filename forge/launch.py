@@ -235,12 +235,26 @@ class EngineMeter:
 
     def delta(self) -> dict[str, float]:
         now = self._read()
-        keys = ("busy_s", "uptime_s", "decode_steps", "decode_rows", "prefills", "prefill_rows", "prefill_s")
+        keys = (
+            "busy_s",
+            "uptime_s",
+            "decode_steps",
+            "decode_rows",
+            "prefills",
+            "prefill_rows",
+            "prefill_s",
+            "prompt_tokens",
+            "cached_tokens",
+            "prefill_tokens",
+        )
         d = dict.fromkeys(keys, 0.0)
+        pages_used = pages_total = 0.0
         for a, b in zip(self.last, now, strict=True):
             if a and b:
                 for k in keys:
                     d[k] += b.get(k, 0.0) - a.get(k, 0.0)
+                pages_used += b.get("pages_used", 0.0)
+                pages_total += b.get("pages_total", 0.0)
         self.last = now
         if not d["uptime_s"]:
             return {}
@@ -252,6 +266,10 @@ class EngineMeter:
             "engine/decode_step_ms": (
                 1000 * (d["busy_s"] - d["prefill_s"]) / d["decode_steps"] if d["decode_steps"] else 0.0
             ),
+            # prefix reuse: prompt tokens found in the KV cache, and tokens computed per token received
+            "engine/cache_hit_rate": d["cached_tokens"] / d["prompt_tokens"] if d["prompt_tokens"] else 0.0,
+            "engine/prefill_ratio": d["prefill_tokens"] / d["prompt_tokens"] if d["prompt_tokens"] else 0.0,
+            "engine/kv_pages_used_fraction": pages_used / pages_total if pages_total else 0.0,
         }
 
 

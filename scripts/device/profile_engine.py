@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from gateway.engines.native.launch import EngineConfig, build_core
+from gateway.engines.native.launch import EngineConfig, build_core, kv_bytes_per_token
 from gateway.engines.native.request import parse_generate
 
 
@@ -26,11 +26,27 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--device", default="cuda", help="cpu: a quick check of this script with --model tiny")
+    p.add_argument("--attention", default="auto", choices=["auto", "triton", "sdpa"])
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--kv-cache-gb", type=float, default=10)
+    p.add_argument("--no-profile", action="store_true")
     a = p.parse_args()
     batches = [int(x) for x in a.batches.split(",")]
     core, _ = build_core(
-        EngineConfig(model=a.model, device=a.device, max_running_requests=max(batches), kv_cache_gb=10)
+        EngineConfig(
+            model=a.model,
+            device=a.device,
+            max_running_requests=max(batches),
+            kv_cache_gb=a.kv_cache_gb,
+            context_length=max(4096, a.prompt_len + a.steps * 3 + 64),
+            attention=a.attention,
+            compile=not a.no_compile,
+        )
     )
+    print(f"attention {core.runner.attention}, fused {core.runner.fused}", flush=True)
+    bandwidth = measure_bandwidth() if a.device.startswith("cuda") else 0.0
+    weight_bytes = sum(p.numel() * p.element_size() for p in core.model.parameters())
+    per_token = kv_bytes_per_token(core.model)
     runner = core.runner
     cuda = a.device.startswith("cuda")
 
@@ -54,7 +70,6 @@ def main() -> None:
 
     gen = torch.Generator().manual_seed(0)
     for b in batches:
-        core.rows = []
         reqs = []
         for i in range(b):
             ids = torch.randint(100, 20000, (a.prompt_len,), generator=gen).tolist()
@@ -90,12 +105,15 @@ def main() -> None:
         runner._upload, runner._graph_logits, runner._sample = orig_upload, orig_graph, orig_sample
         parts = {k: round(1000 * v / a.steps, 3) for k, v in timing.items()}
         rest = round(1000 * split_total - sum(parts.values()), 3)
+        keys = sum(r.position + 1 for r in core.rows)
+        floor_ms = 1000 * (weight_bytes + keys * per_token) / bandwidth if bandwidth else 0.0
         print(
-            f"batch {b}: step {1000 * whole:.2f} ms ({b / whole:.0f} tok/s); split: {parts}, "
-            f"scheduler/python rest {rest} ms",
+            f"batch {b} prompt {a.prompt_len}: step {1000 * whole:.2f} ms ({b / whole:.0f} tok/s); "
+            f"split: {parts}, scheduler/python rest {rest} ms; floor (weights {weight_bytes / 1e9:.2f} GB + "
+            f"KV {keys * per_token / 1e9:.2f} GB at {bandwidth / 1e12:.2f} TB/s) {floor_ms:.2f} ms",
             flush=True,
         )
-        if b == batches[-1]:
+        if b == batches[-1] and not a.no_profile:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(
@@ -107,8 +125,24 @@ def main() -> None:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
             if cuda:
                 print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
-        core.rows = []
+        core.abort(None, abort_all=True)  # releases every row's pages
         core._rids.clear()
+
+
+def measure_bandwidth() -> float:
+    """Bytes/s of a large device-to-device copy (read + write), median of 20."""
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    times = []
+    for _ in range(25):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        y.copy_(x)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1000)
+    del x, y
+    return 2 * (1 << 30) / sorted(times[5:])[len(times[5:]) // 2]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--kv-cache-gb", type=float, default=None, help="KV cache budget (default: 2 on CPU, half free GPU)"
     )
+    p.add_argument("--page-size", type=int, default=16, help="token positions per KV page")
+    p.add_argument("--disable-radix-cache", action="store_true", help="no prefix reuse (as SGLang's flag)")
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "triton", "sdpa"])
     p.add_argument("--disable-cuda-graph", action="store_true")
+    p.add_argument("--disable-compile", action="store_true", help="no torch.compile of the decode regions")
     p.add_argument("--weight-version", default="0")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         weight_version=args.weight_version,
         max_prefill_tokens=args.max_prefill_tokens,
         kv_cache_gb=args.kv_cache_gb,
+        page_size=args.page_size,
+        prefix_cache=not args.disable_radix_cache,
+        attention=args.attention_backend,
+        compile=not args.disable_compile,
         seed=args.seed,
     )
     core, info = build_core(cfg)

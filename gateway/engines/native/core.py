@@ -1,9 +1,17 @@
-"""The scheduler: continuous batching over a fixed number of slots, in a thread of its own.
+"""The scheduler: continuous batching over a paged KV cache with prefix reuse, in a thread of its own.
 
 Loop: run queued control operations (abort, pause, weight updates, ...) → admit waiting requests
-into free slots (one batched prefill, which also samples their first token) → one batched decode
-step for every active slot → finish rows (stop token, stop string, length, abort) and compact the
-active rows to the front of the slot array. New requests therefore join between decode steps.
+(each reuses the longest cached prefix of its prompt, in whole pages, and gets pages for the
+rest; one batched prefill of the uncached suffixes also samples their first token) → give every
+running row a page for the position it writes next (when none is left, the newest rows are
+retracted: their KV joins the cache and they queue again at the front) → one batched decode step
+→ finish rows (stop token, stop string, length, abort), put their KV in the prefix cache, release
+their pages and compact the running rows to the front of the page table. New requests therefore
+join between decode steps, and wait (never fail) while the pool is full.
+
+Prefix reuse is exact: a page is shared only when its P tokens and every token before them are
+equal, and never across a weight update (`set_weight_version` flushes the cache; a request
+admitted before the flush puts nothing into the new tree).
 
 Threading: HTTP handlers call `submit()` / `call()` from the server's event loop; everything that
 touches the model or the slot state runs on the scheduler thread. Results go back through the
@@ -22,6 +30,7 @@ from typing import Any
 
 import torch
 
+from gateway.engines.native.prefix_cache import PagePool, PrefixCache
 from gateway.engines.native.request import BadRequest, Req
 from gateway.engines.native.runner import ModelRunner, RowInputs
 
@@ -45,8 +54,34 @@ class EngineCore:
         pad_to_buckets: bool | None = None,
         prefill_batch: int = 16,
         prefill_delay_steps: int = 12,
+        num_pages: int | None = None,
+        page_size: int = 16,
+        prefix_cache: bool = True,
+        attention: str = "auto",
+        compile: bool = False,
     ) -> None:
-        self.runner = ModelRunner(model, max_running, context_length, use_cuda_graph, pad_to_buckets)
+        max_pages = -(-context_length // page_size)
+        if num_pages is None:  # enough for every row at full context
+            num_pages = max_running * max_pages + 1
+        if num_pages - 1 < max_pages:
+            raise ValueError(
+                f"the KV pool holds {num_pages - 1} pages of {page_size} tokens, less than one "
+                f"sequence of {context_length} tokens: lower the context length or raise the KV budget"
+            )
+        self.runner = ModelRunner(
+            model,
+            max_running,
+            context_length,
+            use_cuda_graph,
+            pad_to_buckets,
+            num_pages=num_pages,
+            page_size=page_size,
+            attention=attention,
+            compile=compile,
+        )
+        self.page_size = page_size
+        self.pool = PagePool(num_pages)
+        self.cache = PrefixCache(self.pool, page_size, enabled=prefix_cache)
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = set(eos_token_ids)
@@ -78,6 +113,12 @@ class EngineCore:
         self.prefills = 0
         self.prefill_rows = 0
         self.prefill_s = 0.0
+        self.prompt_tokens = 0  # prompt tokens of admitted requests (first admission)
+        self.cached_tokens = 0  # of those, found in the prefix cache
+        self.prefill_tokens = 0  # tokens prefilled (computed), re-admissions included
+        self.retractions = 0
+        self.peak_pages_used = 0
+        self.cache_flushes = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="forge-engine-scheduler", daemon=True)
 
@@ -104,6 +145,12 @@ class EngineCore:
                 raise RuntimeError("the engine is stopped")
             if req.rid in self._rids:
                 raise BadRequest(f"a request with rid {req.rid!r} is already running")
+            need = -(-(len(req.input_ids) + req.max_new_tokens) // self.page_size)
+            if need > self.pool.capacity:
+                raise BadRequest(
+                    f"prompt + max_new_tokens = {len(req.input_ids) + req.max_new_tokens} tokens need "
+                    f"{need} KV pages; the pool holds {self.pool.capacity}"
+                )
             self._rids.add(req.rid)
             self._done[req.rid] = on_done
             req.queued_step = self.steps
@@ -125,6 +172,10 @@ class EngineCore:
         with self._cv:
             return {"running": len(self.rows), "waiting": len(self._waiting)}
 
+    def pages_used(self) -> int:
+        """Pages that hold some running request's KV (shared pages once)."""
+        return self.pool.capacity - self.pool.free_count - self.cache.unreferenced
+
     def busy_seconds(self, now: float) -> float:
         """Seconds spent stepping up to `now` (perf_counter), the step under way included, so that
         between two reads busy time never exceeds the wall time between them."""
@@ -142,6 +193,20 @@ class EngineCore:
             "prefill_rows": self.prefill_rows,
             "prefill_s": self.prefill_s,
             "uptime_s": now - self._started_at,
+            # the paged KV cache: levels (pages now) and counters
+            "page_size": self.page_size,
+            "pages_total": self.pool.capacity,
+            "pages_used": self.pages_used(),
+            "pages_free": self.cache.available(),
+            "pages_cached": self.cache.nodes,
+            "peak_pages_used": self.peak_pages_used,
+            "tokens_held": sum(r.position for r in list(self.rows)),
+            "kv_cache_bytes": self.runner.kv.nbytes(),
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "prefill_tokens": self.prefill_tokens,
+            "retractions": self.retractions,
+            "cache_flushes": self.cache_flushes,
         }
 
     # ---- scheduler thread -----------------------------------------------------------------
@@ -183,40 +248,83 @@ class EngineCore:
             self._busy = (self._busy[0] + time.perf_counter() - started, None)
         return True
 
-    def _take_waiting(self) -> list[Req]:
+    def _take_waiting(self, gate: bool = True) -> tuple[list[Req], bool]:
+        """Waiting requests to prefill now, their pages allocated; and whether a sibling was held
+        back because it shares the first uncached page of one taken (it hits after this prefill)."""
         batch: list[Req] = []
+        deferred = False
         with self._cv:
             free = self.max_running - len(self.rows)
-            if self.rows and self._waiting:
+            if gate and self.rows and self._waiting:
                 enough = len(self._waiting) >= min(free, self.prefill_batch)
                 waited = self.steps - self._waiting[0].queued_step >= self.prefill_delay_steps
                 if not (enough or waited):
-                    return batch
+                    return batch, deferred
+            firsts: set[tuple[int, tuple[int, ...]]] = set()  # (cached node, first uncached page) taken
             longest = 0
-            while self._waiting and len(batch) < free:
-                req = self._waiting[0]
-                longest2 = max(longest, len(req.input_ids))
+            p = self.page_size
+            for req in list(self._waiting):
+                if len(batch) >= free:
+                    break
+                seq = req.input_ids + req.output_ids
+                if req.max_new_tokens <= len(req.output_ids):  # nothing to generate: answered at once
+                    self._waiting.remove(req)
+                    batch.append(req)
+                    continue
+                path = self.cache.match(seq, limit=len(seq) - 1)  # at least one token to compute
+                cached = len(path) * p
+                first = (id(path[-1]) if path else 0, tuple(seq[cached : cached + p]))
+                if len(first[1]) == p and first in firsts:
+                    deferred = True
+                    continue
+                longest2 = max(longest, len(seq) - cached)
                 if batch and longest2 * (len(batch) + 1) > self.max_prefill_tokens:
                     break
+                need = -(-len(seq) // p) - len(path)
+                self.cache.lock(path)
+                # keep a page per running row free for their next decode positions
+                if self.cache.available() - len(self.rows) - len(batch) < need:
+                    self.cache.unlock(path)
+                    break
                 longest = longest2
-                batch.append(self._waiting.popleft())
-        return batch
+                req.path = path
+                req.pages = [n.page for n in path] + self.cache.alloc(need)
+                req.epoch = self.cache.epoch
+                if req.cached_tokens < 0:  # first admission (a retracted request comes back)
+                    req.cached_tokens = cached
+                    self.prompt_tokens += len(seq)
+                    self.cached_tokens += cached
+                self._waiting.remove(req)
+                batch.append(req)
+                firsts.add(first)
+        return batch, deferred
 
     def _admit(self) -> None:
-        batch = self._take_waiting()
-        empty = [r for r in batch if r.max_new_tokens <= 0]
+        gate = True
+        for _ in range(3):  # a second round admits the siblings held back by the first
+            batch, deferred = self._take_waiting(gate)
+            self._prefill(batch)
+            if not (batch and deferred):
+                return
+            gate = False
+
+    def _prefill(self, batch: list[Req]) -> None:
+        empty = [r for r in batch if r.max_new_tokens <= len(r.output_ids)]
         for req in empty:
             req.finish_reason = {"type": "length", "length": req.max_new_tokens}
             self._finish(req)
-        batch = [r for r in batch if r.max_new_tokens > 0]
+        batch = [r for r in batch if r.max_new_tokens > len(r.output_ids)]
         if not batch:
             return
         start = len(self.rows)
+        seqs = [r.input_ids + r.output_ids for r in batch]
+        cached = [len(r.path) * self.page_size for r in batch]
         for i, req in enumerate(batch):
             req.slot = start + i
+            self.runner.set_pages(start + i, req.pages)
         inputs = RowInputs(
             tokens=[],
-            positions=[len(r.input_ids) - 1 for r in batch],
+            positions=[len(s) - 1 for s in seqs],
             temperature=[r.temperature for r in batch],
             top_p=[r.top_p for r in batch],
             top_k=[r.top_k for r in batch],
@@ -224,18 +332,67 @@ class EngineCore:
             seed=[r.seed for r in batch],
         )
         started = time.perf_counter()
-        tokens, logprobs = self.runner.prefill(start, [r.input_ids for r in batch], inputs)
+        tokens, logprobs = self.runner.prefill(start, seqs, cached, inputs)
         self.prefill_s += time.perf_counter() - started
         self.prefills += 1
         self.prefill_rows += len(batch)
+        self.prefill_tokens += sum(len(s) - c for s, c in zip(seqs, cached, strict=True))
+        for req, seq in zip(batch, seqs, strict=True):  # siblings and the next call find these
+            self.cache.insert(seq, req.pages, req.path, req.epoch)
+            self.runner.set_pages(req.slot, req.pages)
         self.rows.extend(batch)
+        self._note_pages()
         self._advance(batch, tokens, logprobs)
 
+    def _grow(self) -> None:
+        """A page for the position each running row writes next; retract the newest rows when the
+        pool (free + evictable pages) has none left."""
+        i = 0
+        while i < len(self.rows):
+            req = self.rows[i]
+            index = req.position // self.page_size
+            if index >= len(req.pages):
+                while self.cache.available() < 1 and len(self.rows) > i + 1:
+                    self._retract(self.rows.pop())
+                if self.cache.available() < 1:  # this row is the newest: retract it too
+                    self._retract(self.rows.pop())
+                    break
+                req.pages.append(self.cache.alloc(1)[0])
+                self.runner.add_page(i, index, req.pages[-1])
+            i += 1
+        self._note_pages()
+
+    def _retract(self, req: Req) -> None:
+        """Take a running request (the last row) back to the front of the queue; its KV so far
+        joins the prefix cache, so the re-admission recomputes little."""
+        self.runner.clear_rows(req.slot, req.slot + 1)
+        self._release(req)
+        req.slot = -1
+        self.retractions += 1
+        with self._cv:
+            self._waiting.appendleft(req)
+
+    def _release(self, req: Req) -> None:
+        """Put a request's computed KV into the prefix cache and give back its references/pages."""
+        if req.epoch < 0:
+            return
+        computed = (req.input_ids + req.output_ids)[: req.position]  # the last token was never fed
+        self.cache.insert(computed, req.pages, req.path, req.epoch)
+        self.cache.unlock(req.path)
+        self.pool.free(req.pages[len(req.path) :])
+        req.pages, req.path, req.epoch = [], [], -1
+
+    def _note_pages(self) -> None:
+        self.peak_pages_used = max(self.peak_pages_used, self.pages_used())
+
     def _decode(self) -> None:
+        self._grow()
         rows = self.rows
+        if not rows:
+            return
         inputs = RowInputs(
             tokens=[r.output_ids[-1] for r in rows],
-            positions=[len(r.input_ids) + len(r.output_ids) - 1 for r in rows],
+            positions=[r.position for r in rows],
             temperature=[r.temperature for r in rows],
             top_p=[r.top_p for r in rows],
             top_k=[r.top_k for r in rows],
@@ -282,12 +439,14 @@ class EngineCore:
                 self._finish(req)
         for hole, src in zip(holes, movers, strict=True):
             req = rows[src]
-            self.runner.move_slot(hole, src, len(req.input_ids) + len(req.output_ids) - 1)
+            self.runner.move_row(hole, src)
             req.slot = hole
             rows[hole] = req
+        self.runner.clear_rows(n_keep, len(rows))
         self.rows = rows[:n_keep]
 
     def _finish(self, req: Req) -> None:
+        self._release(req)
         done = self._done.pop(req.rid, None)
         with self._cv:
             self._rids.discard(req.rid)
@@ -300,7 +459,7 @@ class EngineCore:
             "finish_reason": req.finish_reason,
             "prompt_tokens": len(req.input_ids),
             "completion_tokens": len(req.output_ids),
-            "cached_tokens": 0,
+            "cached_tokens": max(0, req.cached_tokens),
             "weight_version": self.weight_version,
             "e2e_latency": time.monotonic() - req.created,
         }
@@ -364,7 +523,14 @@ class EngineCore:
     def resume(self) -> None:
         self.paused = False
 
+    def flush_cache(self) -> int:
+        """Drop every cached prefix (SGLang's /flush_cache); returns the pages freed now."""
+        self.cache_flushes += 1
+        return self.cache.flush()
+
     def set_weight_version(self, version: str | None) -> str:
+        """A weight update happened: no KV computed under the old weights may serve a new request."""
+        self.flush_cache()
         if version is not None:
             self.weight_version = str(version)
         elif self.weight_version.isdigit():

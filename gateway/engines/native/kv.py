@@ -1,22 +1,28 @@
-"""A preallocated per-slot KV cache, plugged into a transformers model through its AttentionInterface.
+"""A paged KV cache, plugged into a transformers model through its AttentionInterface.
 
-transformers' own caches (DynamicCache, StaticCache) write every row of a batch at the same
-positions; a continuously batched decode step needs one position per row. So this module keeps a
-cache of shape [layers, slots, kv_heads, max_len, head_dim] and registers an attention function
-(`ATTN_NAME`) that, per layer, writes the new keys/values at each row's own position and runs
-SDPA over the slot's valid prefix. Everything else (embeddings, RoPE with per-row position ids,
-MLP, norms, LM head) is the transformers model unchanged.
+transformers' own caches write every row of a batch at the same positions; a continuously batched
+decode step needs one position per row, and prefix reuse needs rows whose keys live in pages other
+requests wrote. So this module keeps one pool of token slots per layer, `k[layer]`:
+[num_pages · page_size, kv_heads, head_dim], and registers an attention function (`ATTN_NAME`)
+that, per layer, writes the new keys/values at their slots and attends over the slots a row's page
+table names. Everything else (embeddings, RoPE with per-row position ids, MLP, norms, LM head) is
+the transformers model unchanged.
 
-Two kinds of forward, chosen by `SlotKV.plan` before the call:
-- prefill: B new requests in slots [start, start+B), right-padded to T tokens; keys/values are
-  written to positions [0, T) of their slots and attention is causal over the new tokens only
-  (a padding mask hides each row's pad tail).
-- decode: one new token for each of the first B slots (active requests are kept compacted at
-  the front), written at `positions[b]`; attention over slot[b, :, :L] with keys j <= position.
-  Grouped-query heads are folded into the query-length axis so SDPA needs no repeated K/V.
+Slot of row b's position j: `page_table[b, j // P] · P + j % P` (`slot_index`). Page 0 is scratch:
+padding tokens write there and unused page-table entries point there (always finite values, so a
+masked key never turns an output into NaN).
 
-All index tensors live on the device, so a decode step is free of host syncs and can be
-captured in a CUDA graph (the plan's tensors are static buffers).
+Two kinds of forward, chosen by the plan set before the call:
+- prefill: B rows, each with `cached[b]` positions already in its pages (a reused prefix) and
+  `len[b]` new tokens, right-padded to T. New keys/values go to their slots; each row then attends
+  over all its keys [0, cached + len) through `kv_idx`, key j visible to query t iff
+  j <= cached + t.
+- decode: one new token per row at `positions[b]`; keys [0, positions[b]] of the row's pages,
+  read either by the Triton kernel (`paged_attn.paged_decode_triton`, CUDA) or gathered to
+  [B, kv_heads, L, D] for SDPA (any device; grouped-query heads folded into the query axis).
+
+All index tensors are computed on the device from static buffers (positions, the page table), so
+a decode step is free of host syncs and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -26,51 +32,50 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-ATTN_NAME = "forge_slots"
+ATTN_NAME = "forge_paged"
 
 
 @dataclass
 class PrefillPlan:
-    start: int  # first slot
-    mask: torch.Tensor  # [B, 1, T, T] additive (0 / -inf), model dtype
+    write_slots: torch.Tensor  # [B*T] int64: each new token's slot (padding → scratch page 0)
+    kv_idx: torch.Tensor  # [B, Lk] int64: slots of keys [0, Lk) of each row
+    mask: torch.Tensor  # [B, 1, T, Lk] additive (0 / -inf), model dtype
 
 
 @dataclass
 class DecodePlan:
-    rows: torch.Tensor  # [B] int64: 0..B-1
-    positions: torch.Tensor  # [B] int64: where each row's new token goes
-    length: int  # L: keys attended are [0, L)
-    mask: torch.Tensor  # [B, 1, 1, L] additive (0 / -inf), model dtype
+    write_slots: torch.Tensor  # [B] int64: where each row's new key/value goes
+    seq_lens: torch.Tensor  # [B] int32: keys visible (position + 1)
+    page_table: torch.Tensor  # [>= B, max_pages] int32
+    max_len: int  # a static bound on seq_lens (the graph bucket)
+    kv_idx: torch.Tensor | None = None  # [B, max_len] int64 (SDPA path)
+    mask: torch.Tensor | None = None  # [B, 1, 1, max_len] additive (SDPA path)
 
 
-class SlotKV:
-    """KV storage for `slots` sequences of up to `max_len` tokens each."""
+class PagedKV:
+    """KV storage for `num_pages` pages of `page_size` token positions, per layer."""
 
     def __init__(
         self,
         num_layers: int,
-        slots: int,
+        num_pages: int,
+        page_size: int,
         kv_heads: int,
-        max_len: int,
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        use_triton: bool = False,
     ) -> None:
-        shape = (num_layers, slots, kv_heads, max_len, head_dim)
+        shape = (num_layers, num_pages * page_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.slots = slots
-        self.max_len = max_len
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self.use_triton = use_triton
         self.plan: PrefillPlan | DecodePlan | None = None
 
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
-
-    def move(self, dst: int, src: int, length: int) -> None:
-        """Copy slot `src`'s first `length` positions to slot `dst` (compaction)."""
-        if length > 0:
-            self.k[:, dst, :, :length].copy_(self.k[:, src, :, :length])
-            self.v[:, dst, :, :length].copy_(self.v[:, src, :, :length])
 
     def attend(
         self,
@@ -85,28 +90,52 @@ class SlotKV:
         kc, vc = self.k[layer], self.v[layer]
         batch, q_heads, t, dim = query.shape
         kv_heads = key.shape[1]
+        rep = q_heads // kv_heads
+        scale = scaling if scaling is not None else dim**-0.5
         if isinstance(plan, DecodePlan):
-            kc[plan.rows, :, plan.positions] = key[:, :, 0]
-            vc[plan.rows, :, plan.positions] = value[:, :, 0]
-            keys = kc[:batch, :, : plan.length]
-            values = vc[:batch, :, : plan.length]
-            rep = q_heads // kv_heads
+            kc.index_copy_(0, plan.write_slots, key[:, :, 0])
+            vc.index_copy_(0, plan.write_slots, value[:, :, 0])
+            if self.use_triton:
+                from gateway.engines.native.paged_attn import paged_decode_triton
+
+                out = paged_decode_triton(
+                    query[:, :, 0],
+                    kc,
+                    vc,
+                    plan.page_table,
+                    plan.seq_lens,
+                    self.page_size,
+                    scale,
+                    plan.max_len,
+                )
+                return out[:, None]
+            assert plan.kv_idx is not None and plan.mask is not None
+            keys = kc[plan.kv_idx].transpose(1, 2)  # [B, Hkv, L, D]
+            values = vc[plan.kv_idx].transpose(1, 2)
             # fold the `rep` query heads sharing a kv head into the query axis: no K/V repeat
             q = query.reshape(batch, kv_heads, rep, dim)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.mask, scale=scaling)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.mask, scale=scale)
             return out.reshape(batch, q_heads, 1, dim).transpose(1, 2)
         if isinstance(plan, PrefillPlan):
-            kc[plan.start : plan.start + batch, :, :t] = key
-            vc[plan.start : plan.start + batch, :, :t] = value
-            if q_heads != kv_heads:
-                key = key.repeat_interleave(q_heads // kv_heads, dim=1)
-                value = value.repeat_interleave(q_heads // kv_heads, dim=1)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=plan.mask, scale=scaling)
+            kc.index_copy_(0, plan.write_slots, key.transpose(1, 2).reshape(batch * t, kv_heads, dim))
+            vc.index_copy_(0, plan.write_slots, value.transpose(1, 2).reshape(batch * t, kv_heads, dim))
+            keys = kc[plan.kv_idx].transpose(1, 2)  # [B, Hkv, Lk, D]
+            values = vc[plan.kv_idx].transpose(1, 2)
+            if rep > 1:
+                keys = keys.repeat_interleave(rep, dim=1)
+                values = values.repeat_interleave(rep, dim=1)
+            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale)
             return out.transpose(1, 2)
-        raise RuntimeError("SlotKV.attend called without a plan")
+        raise RuntimeError("PagedKV.attend called without a plan")
 
 
-def slot_attention_forward(
+def slot_index(page_table: torch.Tensor, positions: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Pool slots of `positions` ([B, N] int64) in the rows of `page_table` ([B, max_pages])."""
+    pages = page_table.long().gather(1, positions // page_size)
+    return pages * page_size + positions % page_size
+
+
+def paged_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -116,15 +145,15 @@ def slot_attention_forward(
     dropout: float = 0.0,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """The registered attention function: delegates to the SlotKV bound to the attention module."""
-    kv: SlotKV = module.forge_kv  # type: ignore[assignment]
+    """The registered attention function: delegates to the PagedKV bound to the attention module."""
+    kv: PagedKV = module.forge_kv  # type: ignore[assignment]
     return kv.attend(module.layer_idx, query, key, value, scaling), None
 
 
 def register() -> None:
     from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTN_NAME, slot_attention_forward)
+    AttentionInterface.register(ATTN_NAME, paged_attention_forward)
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -135,7 +164,7 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return mods
 
 
-def bind(model: torch.nn.Module, kv: SlotKV) -> None:
+def bind(model: torch.nn.Module, kv: PagedKV) -> None:
     """Route `model`'s attention through `kv` (switches its attn implementation to ATTN_NAME)."""
     register()
     for mod in attention_modules(model):
@@ -145,21 +174,25 @@ def bind(model: torch.nn.Module, kv: SlotKV) -> None:
         raise RuntimeError(f"could not route {type(model).__name__}'s attention through {ATTN_NAME}")
 
 
-def decode_mask(positions: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, 1, L] additive mask: key j visible to row b iff j <= positions[b]."""
-    keys = torch.arange(length, device=positions.device)
-    visible = keys[None, :] <= positions[:, None]
-    zero = torch.zeros((), dtype=dtype, device=positions.device)
-    neg = torch.full((), float("-inf"), dtype=dtype, device=positions.device)
+def decode_mask(seq_lens: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, 1, L] additive mask: key j visible to row b iff j < seq_lens[b]."""
+    keys = torch.arange(length, device=seq_lens.device)
+    visible = keys[None, :] < seq_lens[:, None]
+    zero = torch.zeros((), dtype=dtype, device=seq_lens.device)
+    neg = torch.full((), float("-inf"), dtype=dtype, device=seq_lens.device)
     return torch.where(visible, zero, neg).view(-1, 1, 1, length)
 
 
-def prefill_mask(lengths: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, T, T] additive mask: causal, and keys past each row's length hidden."""
-    idx = torch.arange(t, device=lengths.device)
-    causal = idx[None, :] <= idx[:, None]  # [T(q), T(k)]
-    valid = idx[None, :] < lengths[:, None]  # [B, T(k)]
-    visible = causal[None] & valid[:, None, :]
-    zero = torch.zeros((), dtype=dtype, device=lengths.device)
-    neg = torch.full((), float("-inf"), dtype=dtype, device=lengths.device)
+def prefill_mask(
+    cached: torch.Tensor, lengths: torch.Tensor, t: int, lk: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """[B, 1, T, Lk] additive mask: key j visible to new token i of row b iff j <= cached[b] + i
+    and j < cached[b] + lengths[b] (a padding query still sees one key: no all -inf row)."""
+    q = torch.arange(t, device=cached.device)
+    k = torch.arange(lk, device=cached.device)
+    causal = k[None, None, :] <= (cached[:, None, None] + q[None, :, None])  # [B, T, Lk]
+    valid = k[None, :] < (cached + lengths)[:, None]  # [B, Lk]
+    visible = causal & valid[:, None, :]
+    zero = torch.zeros((), dtype=dtype, device=cached.device)
+    neg = torch.full((), float("-inf"), dtype=dtype, device=cached.device)
     return torch.where(visible, zero, neg).unsqueeze(1)

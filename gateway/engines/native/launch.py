@@ -33,6 +33,10 @@ class EngineConfig:
     weight_version: str = "0"
     max_prefill_tokens: int | None = None
     kv_cache_gb: float | None = None  # default: 2 GiB on CPU, half the free GPU memory on CUDA
+    page_size: int = 16  # token positions per KV page
+    prefix_cache: bool = True  # reuse cached prompt prefixes across requests (flushed on weight updates)
+    attention: str = "auto"  # decode attention: triton (CUDA), sdpa (any device), auto: triton on CUDA
+    compile: bool = True  # CUDA: torch.compile the norms, RoPE, MLP activation and sampler (fuse.py)
     seed: int = 0
     pad_to_buckets: bool | None = None  # None: as CUDA graphs; True on CPU runs graph shapes eagerly
     prefill_batch: int = 16  # while others decode, admit new requests in groups of this many...
@@ -90,11 +94,11 @@ def build_core(
     context = cfg.context_length or min(max_pos, 4096)
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
-    max_running = fit_slots(model, cfg.max_running_requests, context, kv_budget(cfg, device))
+    num_pages = fit_pages(model, cfg.max_running_requests, context, cfg.page_size, kv_budget(cfg, device))
     core = EngineCore(
         model,
         tokenizer,
-        max_running=max_running,
+        max_running=cfg.max_running_requests,
         context_length=context,
         use_cuda_graph=cfg.cuda_graph,
         eos_token_ids=eos_ids(model, tokenizer),
@@ -103,6 +107,11 @@ def build_core(
         pad_to_buckets=cfg.pad_to_buckets,
         prefill_batch=cfg.prefill_batch,
         prefill_delay_steps=cfg.prefill_delay_steps,
+        num_pages=num_pages,
+        page_size=cfg.page_size,
+        prefix_cache=cfg.prefix_cache,
+        attention=cfg.attention,
+        compile=cfg.compile,
     )
     info = {
         "model_path": path,
@@ -117,12 +126,12 @@ def build_core(
     return core, info
 
 
-def kv_bytes_per_slot(model: Any, context: int) -> int:
+def kv_bytes_per_token(model: Any) -> int:
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     itemsize = next(model.parameters()).element_size()
-    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * context * itemsize
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * itemsize
 
 
 def kv_budget(cfg: EngineConfig, device: torch.device) -> int:
@@ -134,18 +143,20 @@ def kv_budget(cfg: EngineConfig, device: torch.device) -> int:
     return 2 << 30
 
 
-def fit_slots(model: Any, wanted: int, context: int, budget: int) -> int:
-    """The number of KV slots (≤ wanted) whose cache fits in `budget` bytes."""
-    per_slot = kv_bytes_per_slot(model, context)
-    slots = min(wanted, budget // per_slot)
-    if slots < 1:
+def fit_pages(model: Any, max_running: int, context: int, page_size: int, budget: int) -> int:
+    """Pages of the KV pool (scratch page included): as many as `budget` bytes hold, but no more
+    than every running request at full context needs; at least one full-context sequence."""
+    if page_size < 1 or page_size & (page_size - 1):
+        raise ValueError(f"page_size={page_size}: must be a power of two")
+    per_page = kv_bytes_per_token(model) * page_size
+    max_pages = -(-context // page_size)
+    pages = min(budget // per_page, max_running * max_pages + 1)
+    if pages - 1 < max_pages:
         raise ValueError(
-            f"one sequence of {context} tokens needs {per_slot / 2**30:.2f} GiB of KV cache, over the "
-            f"{budget / 2**30:.2f} GiB budget: lower --context-length or raise --kv-cache-gb"
+            f"one sequence of {context} tokens needs {max_pages * per_page / 2**30:.2f} GiB of KV cache, "
+            f"over the {budget / 2**30:.2f} GiB budget: lower --context-length or raise --kv-cache-gb"
         )
-    if slots < wanted:
-        log.warning("KV cache budget fits %d of %d requested slots (context %d)", slots, wanted, context)
-    return int(slots)
+    return int(pages)
 
 
 @dataclass

@@ -112,6 +112,13 @@ class Req:
     finish_reason: dict[str, Any] | None = None
     slot: int = -1
     queued_step: int = 0  # the engine's decode-step count when it was queued
+    # KV bookkeeping (the scheduler's): the pages of its page table, the prefix-cache nodes it
+    # holds (the leading pages it shares), the cache epoch it was admitted in, and how many of its
+    # prompt tokens the first admission found cached (meta_info.cached_tokens)
+    pages: list[int] = field(default_factory=list)
+    path: list[Any] = field(default_factory=list)
+    epoch: int = -1
+    cached_tokens: int = -1
 
     @property
     def position(self) -> int:

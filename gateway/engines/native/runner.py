@@ -1,9 +1,12 @@
-"""The model side of the engine: batched prefill and decode over the slot KV cache, CUDA graphs, sampling.
+"""The model side of the engine: batched prefill and decode over the paged KV cache, CUDA graphs, sampling.
 
-`ModelRunner` owns the transformers model (attention routed through `kv.SlotKV`), static input
-buffers and, on CUDA, one captured graph per (batch bucket, key-length bucket) for the decode
-forward. Per decode step the host uploads one small pinned buffer (token ids, positions,
-sampling parameters) and reads back one (sampled tokens and their log-probs): a single sync.
+`ModelRunner` owns the transformers model (attention routed through `kv.PagedKV`), static input
+buffers, the page table (one row per running request, a pinned host copy the scheduler edits and
+a device copy refreshed before each forward) and, on CUDA, one captured graph per (batch bucket,
+key-length bucket) for the decode forward (with the Triton kernel the grid no longer depends on
+the length: one graph per batch bucket). Per decode step the host uploads the small pinned
+buffers (token ids, positions, sampling parameters, the page-table rows) and reads back one
+(sampled tokens and their log-probs): a single sync.
 The scheduler (`core.py`) decides what runs; this module only runs it.
 """
 
@@ -41,6 +44,14 @@ def _buckets(limit: int, small: list[int], step: int) -> list[int]:
     return sorted(set(out))
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -49,6 +60,11 @@ class ModelRunner:
         context_length: int,
         use_cuda_graph: bool,
         pad_to_buckets: bool | None = None,
+        *,
+        num_pages: int,
+        page_size: int = 16,
+        attention: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -63,24 +79,72 @@ class ModelRunner:
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.max_running = max_running
         self.context_length = context_length
-        self.kv = kvmod.SlotKV(
-            cfg.num_hidden_layers, max_running, kv_heads, context_length, head_dim, self.dtype, self.device
+        self.page_size = page_size
+        self.max_pages = -(-context_length // page_size)
+        if attention not in ("auto", "triton", "sdpa"):
+            raise ValueError(f"attention={attention!r}: must be auto, triton or sdpa")
+        cuda = self.device.type == "cuda"
+        if attention == "triton" and not (cuda and triton_available()):
+            raise ValueError("attention=triton needs a CUDA device and triton installed")
+        self.attention = (
+            "triton"
+            if attention == "triton" or (attention == "auto" and cuda and triton_available())
+            else "sdpa"
+        )
+        self.kv = kvmod.PagedKV(
+            cfg.num_hidden_layers,
+            num_pages,
+            page_size,
+            kv_heads,
+            head_dim,
+            self.dtype,
+            self.device,
+            use_triton=self.attention == "triton",
         )
         kvmod.bind(model, self.kv)
-        self.use_cuda_graph = bool(use_cuda_graph and self.device.type == "cuda")
+        self._sample_fn = sample
+        self.fused: list[str] = []
+        if compile and cuda:  # the small elementwise regions compiled (fuse.py); CUDA only
+            from gateway.engines.native import fuse
+
+            self.fused = fuse.fuse(model)
+            self._sample_fn = fuse.sampler()
+        self.use_cuda_graph = bool(use_cuda_graph and cuda)
         # Graphs run padded shapes; `pad_to_buckets` runs the same padded shapes eagerly (tests on CPU).
         self.pad_to_buckets = self.use_cuda_graph if pad_to_buckets is None else bool(pad_to_buckets)
-        pin = self.device.type == "cuda"
+        pin = cuda
         # int64 inputs: tokens, positions, top_k, seeds; float32: temperature, top_p, min_p
         self._host_i = torch.zeros(4, max_running, dtype=torch.int64, pin_memory=pin)
         self._host_f = torch.zeros(3, max_running, dtype=torch.float32, pin_memory=pin)
         self._dev_i = torch.zeros(4, max_running, dtype=torch.int64, device=self.device)
         self._dev_f = torch.zeros(3, max_running, dtype=torch.float32, device=self.device)
-        self._rows = torch.arange(max_running, device=self.device)
+        # the page table: row i = the pages of the request in row i (0: scratch / unused)
+        self._host_pt = torch.zeros(max_running, self.max_pages, dtype=torch.int32, pin_memory=pin)
+        self.page_table = self._host_pt.numpy()  # the scheduler's view (edits land in the pinned buffer)
+        self._dev_pt = torch.zeros(max_running, self.max_pages, dtype=torch.int32, device=self.device)
         self.batch_buckets = _buckets(max_running, [1, 2, 4, 8, 16], 8)
         self.length_buckets = _buckets(context_length, [64, 128, 256, 512, 1024], 1024)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: object | None = None
+
+    # ---- the page table ----------------------------------------------------------------
+    def set_pages(self, row: int, pages: list[int]) -> None:
+        self.page_table[row, : len(pages)] = pages
+        self.page_table[row, len(pages) :] = 0
+
+    def add_page(self, row: int, index: int, page: int) -> None:
+        self.page_table[row, index] = page
+
+    def move_row(self, dst: int, src: int) -> None:
+        """Row `src`'s pages become row `dst`'s (compaction); `src` is cleared."""
+        self.page_table[dst] = self.page_table[src]
+        self.page_table[src] = 0
+
+    def clear_rows(self, start: int, stop: int) -> None:
+        self.page_table[start:stop] = 0
+
+    def _upload_pages(self, start: int, stop: int) -> None:
+        self._dev_pt[start:stop].copy_(self._host_pt[start:stop], non_blocking=True)
 
     # ---- inputs -------------------------------------------------------------------------
     def _upload(self, rows: RowInputs, n: int, pad_to: int) -> RowParams:
@@ -120,12 +184,19 @@ class ModelRunner:
 
     def _decode_forward(self, batch: int, length: int) -> torch.Tensor:
         positions = self._dev_i[1, :batch]
-        self.kv.plan = kvmod.DecodePlan(
-            rows=self._rows[:batch],
-            positions=positions,
-            length=length,
-            mask=kvmod.decode_mask(positions, length, self.dtype),
+        table = self._dev_pt[:batch]
+        seq_lens = (positions + 1).to(torch.int32)
+        plan = kvmod.DecodePlan(
+            write_slots=kvmod.slot_index(table, positions[:, None], self.page_size)[:, 0],
+            seq_lens=seq_lens,
+            page_table=table,
+            max_len=length,
         )
+        if self.attention == "sdpa":
+            keys = torch.arange(length, device=self.device).expand(batch, length)
+            plan.kv_idx = kvmod.slot_index(table, keys, self.page_size)
+            plan.mask = kvmod.decode_mask(seq_lens, length, self.dtype)
+        self.kv.plan = plan
         out = self.base(
             input_ids=self._dev_i[0, :batch, None], position_ids=positions[:, None], use_cache=False
         )
@@ -153,44 +224,67 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, rows: RowInputs) -> tuple[list[int], list[float]]:
-        """One token for each of the first n slots (n = len(rows.positions))."""
+        """One token for each of the first n rows (n = len(rows.positions)); their page-table rows
+        must hold a page for every position up to the fed one."""
         n = len(rows.positions)
         need = max(rows.positions) + 1
         if self.pad_to_buckets:
             batch = self.batch_buckets[bisect.bisect_left(self.batch_buckets, n)]
-            length = self.length_buckets[bisect.bisect_left(self.length_buckets, need)]
+            # the Triton kernel's grid depends on the length bound only: one graph per batch bucket
+            if self.attention == "triton":
+                length = self.context_length
+            else:
+                length = self.length_buckets[bisect.bisect_left(self.length_buckets, need)]
+            self.page_table[n:batch] = 0  # padding rows write to and read the scratch page
             params = self._upload(rows, n, batch)
+            self._upload_pages(0, batch)
             run = self._graph_logits if self.use_cuda_graph else self._decode_forward
             logits = run(batch, length)[:n]
         else:
             params = self._upload(rows, n, n)
+            self._upload_pages(0, n)
             logits = self._decode_forward(n, need)
         return self._sample(logits, params)
 
     @torch.inference_mode()
-    def prefill(self, start: int, prompts: list[list[int]], rows: RowInputs) -> tuple[list[int], list[float]]:
-        """Fill slots [start, start+B) with the prompts; returns each one's first sampled token."""
+    def prefill(
+        self, start: int, prompts: list[list[int]], cached: list[int], rows: RowInputs
+    ) -> tuple[list[int], list[float]]:
+        """Rows [start, start+B): compute the KV of each prompt's tokens past its `cached` leading
+        positions (already in the row's pages, which cover the whole prompt); returns each row's
+        first sampled token."""
         b = len(prompts)
-        t = max(len(p) for p in prompts)
+        news = [p[c:] for p, c in zip(prompts, cached, strict=True)]
+        t = max(len(x) for x in news)
         ids = torch.zeros(b, t, dtype=torch.int64)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.int64)
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
-        ids, lengths = ids.to(self.device), lengths.to(self.device)
-        positions = torch.arange(t, device=self.device).expand(b, t)
-        self.kv.plan = kvmod.PrefillPlan(start=start, mask=kvmod.prefill_mask(lengths, t, self.dtype))
+        for i, x in enumerate(news):
+            ids[i, : len(x)] = torch.tensor(x, dtype=torch.int64)
+        lengths = torch.tensor([len(x) for x in news], dtype=torch.int64)
+        offsets = torch.tensor(cached, dtype=torch.int64)
+        ids, lengths, offsets = ids.to(self.device), lengths.to(self.device), offsets.to(self.device)
+        self._upload_pages(start, start + b)
+        table = self._dev_pt[start : start + b]
+        steps = torch.arange(t, device=self.device)
+        positions = offsets[:, None] + steps[None, :]  # [B, T]
+        valid = steps[None, :] < lengths[:, None]
+        real = kvmod.slot_index(table, torch.where(valid, positions, 0), self.page_size)
+        scratch = (steps % self.page_size).expand(b, t)  # page 0
+        lk = int(max(c + len(x) for c, x in zip(cached, news, strict=True)))
+        keys = torch.arange(lk, device=self.device).expand(b, lk)
+        self.kv.plan = kvmod.PrefillPlan(
+            write_slots=torch.where(valid, real, scratch).reshape(-1),
+            kv_idx=kvmod.slot_index(table, keys, self.page_size),
+            mask=kvmod.prefill_mask(offsets, lengths, t, lk, self.dtype),
+        )
         out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
         last = out.last_hidden_state[torch.arange(b, device=self.device), lengths - 1]
         params = self._upload(rows, b, b)
         return self._sample(self._logits(last), params)
 
     def _sample(self, logits: torch.Tensor, params: RowParams) -> tuple[list[int], list[float]]:
-        tokens, logprobs = sample(logits, params)
+        tokens, logprobs = self._sample_fn(logits, params)
         both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).cpu()
         return [int(x) for x in both[0].tolist()], both[1].tolist()
-
-    def move_slot(self, dst: int, src: int, length: int) -> None:
-        self.kv.move(dst, src, length)
 
     def reset_graphs(self) -> None:
         """Drop captured graphs (their parameters are read in place, so weight updates keep them valid)."""

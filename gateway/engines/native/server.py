@@ -298,7 +298,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def flush_cache(request: web.Request) -> web.Response:
-    # No prefix cache is kept across requests, so there is nothing to flush.
+    """Drop the prefix cache (requests running keep their pages until they end)."""
+    core = request.app[CORE]
+    await _on_core(request, core.flush_cache)
     return web.Response(text="Cache flushed.\n", status=200)
 
 
@@ -317,6 +319,13 @@ async def get_model_info(request: web.Request) -> web.Response:
             "device_uuid": _device_uuid(core),  # not SGLang's: lets a colocated trainer use CUDA IPC
             **core.load(),
             "forge_stats": core.stats(),  # not SGLang's: utilisation counters for Forge's metrics
+            "forge_engine": {  # not SGLang's: how this engine runs
+                "attention": core.runner.attention,
+                "fused": core.runner.fused,
+                "cuda_graph": core.runner.use_cuda_graph,
+                "page_size": core.page_size,
+                "prefix_cache": core.cache.enabled,
+            },
         }
     )
     return web.json_response(info)
