@@ -14,7 +14,7 @@ from data_pool.errors import ClaimLostError, DuplicateTaskError, PoolError, Stal
 _DIR = Path(__file__).with_name("lua")
 NAMES = (
     "submit acquire heartbeat set_reward finish abort fail open_session append claim ack release recover "
-    "touch reject"
+    "touch reject record"
 ).split()
 
 _ERRORS: dict[str, type[Exception]] = {

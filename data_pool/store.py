@@ -251,6 +251,23 @@ class DataPool:
             raise ValueError("session_id must be non-empty")
         return int(self._run("open_session", task_id, session_id))
 
+    def open_recording(self, task: Task, session_id: str, worker: str) -> Task:
+        """A task recorded as it happens (`forge serve`: an agent opened a session for a new task
+        id): submitted and leased to `worker` at once, with `session_id` bound to it, as submit +
+        acquire + open_session would leave it, but without the queue or the in-flight bound.
+        `worker` then heartbeats, sets its reward and finishes it like any leased task. A task id
+        that exists → DuplicateTaskError, nothing written. Returns the task with its seq."""
+        if not task.id or not task.env:
+            raise ValueError(f"task {task.id!r}: id and env must be non-empty")
+        if task.group_id or task.group_size != 1:
+            raise ValueError(f"task {task.id!r}: a recorded task has no group")
+        if not session_id:
+            raise ValueError("session_id must be non-empty")
+        rec = encode(replace(task, seq=-1, attempt=0))
+        gk = group_key(task.id, "")
+        seq = self._run("record", task.id, gk, rec, worker, self._lease_ms, session_id)
+        return replace(task, seq=int(seq), attempt=0)
+
     def append_sample(self, sample: Sample) -> None:
         """Record one model call under its task (call order kept). StaleTaskError if the session
         was not opened, belongs to an earlier attempt, or the task is not running."""
@@ -374,6 +391,26 @@ class DataPool:
         raws = self._call(self.client.lrange, self._key("s", task_id), 0, -1)
         out = [decode_sample(r) for r in raws]
         return out if session_id is None else [s for s in out if s.session_id == session_id]
+
+    def recorded_task_ids(self, scan_count: int = 1000) -> list[str]:
+        """Ids of the tasks that hold samples now (any status; a trained task's samples are deleted
+        on ack unless `retain_samples`), sorted."""
+        head = f"{self.p}:s:"
+        ids: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, keys = self._call(self.client.scan, cursor, f"{head}*", scan_count)
+            ids.update(k.decode()[len(head) :] for k in keys)
+            if cursor == 0:
+                return sorted(ids)
+
+    def rewards(self, task_ids: Sequence[str]) -> dict[str, float | None]:
+        """The outcome reward set for each task's current attempt; None where none was set."""
+        pipe = self.client.pipeline(transaction=False)
+        for i in task_ids:
+            pipe.hget(self._key("t", i), "reward")
+        raw = self._call(pipe.execute)
+        return {i: float(r) if r is not None else None for i, r in zip(task_ids, raw, strict=True)}
 
     def load_episodes(self, task_ids: Sequence[str]) -> dict[str, Episode | CodecError]:
         """Episodes of done/claimed tasks, in one round trip; a task whose records cannot be
