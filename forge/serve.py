@@ -5,19 +5,24 @@
     forge serve --engine-url http://gpu1:30000 --redis-url redis://pool:6379/0   # attach
 
 Prints the gateway's base URL. Any OpenAI / Anthropic client can use it unscoped
-(`{url}/v1/...`, nothing recorded). Recorded sessions need a task leased in the pool (the env
-workers' job during training): `POST {url}/sessions {"task_id": ...}` returns a session base URL
-whose calls are recorded as samples. Built-in engines run in this process, on threads of their
-own; Ctrl-C stops everything.
+(`{url}/v1/...`, nothing recorded). To record an agent: `POST {url}/sessions {"task_id": "t1"}`
+creates task t1 and returns a session base URL whose calls are recorded as samples; `POST
+{url}/sessions/{id}/reward {"reward": 1.0}` scores it and `.../finish` ends it. `forge export
+RUN_DIR --out FILE` writes what was recorded as JSONL or Parquet (run_dir/serve.json says where
+the pool and the model are). Built-in engines run in this process, on threads of their own;
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -72,11 +77,18 @@ def serve(
             api_keys=list(args.api_key),
             context_length=args.context_length,
         )
-        gateway = start_gateway_in_thread(cfg, pool=pool)
+        gateway = start_gateway_in_thread(cfg, pool=pool, record_new_tasks=True)
         stack.append(gateway)
+        record_serve(Path(args.run_dir), gateway.url, pool.url, model_dir)
+        key = " -H 'Authorization: Bearer $KEY'" if args.api_key else ""
         print(f"forge serve: gateway at {gateway.url}", flush=True)
         print(f"  OpenAI:    base_url={gateway.url}/v1   Anthropic: base_url={gateway.url}", flush=True)
-        print(f'  sessions:  POST {gateway.url}/sessions {{"task_id": ...}}   pool: {pool.url}', flush=True)
+        print(
+            f'  record:    curl{key} {gateway.url}/sessions -d \'{{"task_id": "my-task-1"}}\''
+            "  → a session base_url",
+            flush=True,
+        )
+        print(f"  export:    forge export {args.run_dir} --out recorded.jsonl   pool: {pool.url}", flush=True)
         print(f"  engines:   {', '.join(urls)}   model: {model_dir}", flush=True)
         if ready is not None:
             ready.set()
@@ -86,6 +98,15 @@ def serve(
         for part in reversed(stack):
             part.stop()
         pool.close()
+
+
+def record_serve(run_dir: Path, gateway_url: str, redis_url: str, model_dir: str) -> None:
+    """run_dir/serve.json: where this server's pool and model are, for `forge export RUN_DIR`
+    (the Redis address without its password)."""
+    at = urlsplit(redis_url)
+    row = {"gateway": gateway_url, "redis": f"{at.hostname}:{at.port}", "model": str(model_dir)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "serve.json").write_text(json.dumps(row, indent=1) + "\n")
 
 
 def main(argv: list[str]) -> int:

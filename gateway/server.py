@@ -354,10 +354,12 @@ async def start_site(gw: Gateway, host: str, port: int) -> tuple[web.AppRunner, 
     return await start_runner(build_app(gw), host, port, backlog=1024)
 
 
-def start_gateway_in_thread(cfg: GatewayConfig, pool: Any = None, tokenizer: Any = None) -> GatewayHandle:
+def start_gateway_in_thread(
+    cfg: GatewayConfig, pool: Any = None, tokenizer: Any = None, record_new_tasks: bool = False
+) -> GatewayHandle:
     """Build a Gateway (engines from cfg.engine_urls, samples into `pool` if given) and serve it on
-    its own thread and event loop; returns once it listens."""
-    gw = Gateway(cfg, tokenizer=tokenizer, pool=pool)
+    its own thread and event loop; returns once it listens. `record_new_tasks`: see Gateway."""
+    gw = Gateway(cfg, tokenizer=tokenizer, pool=pool, record_new_tasks=record_new_tasks)
     served = serve_in_thread(lambda: build_app(gw), cfg.host, cfg.port, name="forge-gateway", backlog=1024)
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
     return GatewayHandle(f"http://{host}:{served.port}", gw, served)

@@ -149,12 +149,17 @@ def validate_tools(tools: list[dict[str, Any]]) -> None:
 class Gateway:
     """The gateway's state: renderer, router, sessions, limits. Runs on one event loop."""
 
-    def __init__(self, cfg: GatewayConfig, tokenizer: Any = None, pool: Any = None) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, tokenizer: Any = None, pool: Any = None, record_new_tasks: bool = False
+    ) -> None:
+        """`record_new_tasks` (forge serve): a session for an unknown task id creates the task."""
         self.cfg = cfg.validate()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
         self.renderer = ChatRenderer(self.tokenizer, cfg.chat_template, cfg.sanitize_control_tokens)
         self.router = Router(list(cfg.engine_urls), cfg.engine_retry_after_s)
-        self.sessions = SessionStore(self.renderer, pool, cfg.ledger_max_anchors, cfg.session_idle_timeout_s)
+        self.sessions = SessionStore(
+            self.renderer, pool, cfg.ledger_max_anchors, cfg.session_idle_timeout_s, record_new_tasks
+        )
         self.pool = pool
         self.model_name = cfg.served_model_name or Path(str(cfg.model)).name
         self.model_names = [self.model_name, *[a for a in cfg.model_aliases if a != self.model_name]]
@@ -384,6 +389,7 @@ class Gateway:
     ) -> CallResult:
         if session is not None:
             await self.sessions.flush(session)
+            await self.sessions.keep(session)
         t0 = time.perf_counter()
         if conv.tools:
             self.check_tools(conv.tools)
@@ -470,6 +476,7 @@ class Gateway:
     ) -> CallResult:
         if session is not None:
             await self.sessions.flush(session)
+            await self.sessions.keep(session)
         t0 = time.perf_counter()
         if isinstance(prompt, str):
             if session is not None:

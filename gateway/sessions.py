@@ -14,6 +14,14 @@ appends go through `data_pool.aio.AsyncAppender` on the gateway's event loop; th
 calls are blocking Redis calls, run in threads.
 
 A session unused for `idle_timeout_s` is forgotten (its samples stay in the pool).
+
+Which tasks a session may open: in a training run (`forge launch`) only tasks the trainer
+submitted and an env worker leased; an unknown task id is refused (404, saying why). With
+`record_new_tasks` (`forge serve`, where no trainer feeds tasks) a session for a new task id
+creates the task (`DataPool.open_recording`: env `recorded`, leased to the gateway), so any agent
+can be recorded over HTTP alone; the gateway then keeps its lease alive on every call. A task id
+that exists and is running gets one more session (sub-agents), as in training; one that is no
+longer running is refused (409 `task_exists`): a task is recorded once.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from forge.types import Sample
+from forge.types import Sample, Task
 from gateway.errors import APIError
 from gateway.ledger import Ledger
 from gateway.templates import ChatRenderer
+
+RECORDED_ENV = "recorded"  # the env name of tasks that record_new_tasks creates
+RECORDER = "gateway"  # the worker they are leased to
 
 
 @dataclass
@@ -57,6 +68,7 @@ class Session:
     records: list[CallRecord] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)  # only without a pool
     pending: asyncio.Future[None] | None = None  # the session's latest append (write-behind)
+    beat_at: float = field(default_factory=time.monotonic)  # when its task's lease was last renewed
 
 
 def _pool_error(exc: Exception, what: str) -> APIError:
@@ -77,10 +89,16 @@ def _pool_error(exc: Exception, what: str) -> APIError:
 
 class SessionStore:
     def __init__(
-        self, renderer: ChatRenderer, pool: Any = None, max_anchors: int = 16, idle_timeout_s: float = 3600.0
+        self,
+        renderer: ChatRenderer,
+        pool: Any = None,
+        max_anchors: int = 16,
+        idle_timeout_s: float = 3600.0,
+        record_new_tasks: bool = False,
     ):
         self.renderer = renderer
         self.pool = pool
+        self.record_new_tasks = record_new_tasks and pool is not None
         self.max_anchors = max_anchors
         self.idle_timeout_s = idle_timeout_s
         self.sessions: dict[str, Session] = {}
@@ -103,14 +121,66 @@ class SessionStore:
         if sid in self.sessions:
             raise APIError(409, f"session {sid!r} already exists", code="session_exists")
         attempt = 0
-        if self.pool is not None:
-            try:
-                attempt = await asyncio.to_thread(self.pool.open_session, task_id, sid)
-            except Exception as exc:
-                raise _pool_error(exc, f"cannot open a session for task {task_id!r}") from exc
+        if self.record_new_tasks:
+            attempt = await self._open_recorded(task_id, sid, metadata)
+        elif self.pool is not None:
+            attempt = await self._open_leased(task_id, sid)
         session = Session(sid, task_id, int(attempt), Ledger(self.renderer, self.max_anchors), metadata or {})
         self.sessions[sid] = session
         return session
+
+    async def _open_leased(self, task_id: str, sid: str) -> int:
+        from data_pool import UnknownTaskError
+
+        try:
+            return await asyncio.to_thread(self.pool.open_session, task_id, sid)
+        except UnknownTaskError as exc:
+            raise APIError(
+                404,
+                f"cannot open a session for task {task_id!r}: {exc}. This gateway serves a training "
+                "run, where sessions open only for tasks the trainer submitted and an env worker "
+                "leased; to record your own agent's tasks use `forge serve`, which creates them",
+                code="task_not_found",
+            ) from exc
+        except Exception as exc:
+            raise _pool_error(exc, f"cannot open a session for task {task_id!r}") from exc
+
+    async def _open_recorded(self, task_id: str, sid: str, metadata: dict[str, Any] | None) -> int:
+        from data_pool import DuplicateTaskError, StaleTaskError
+
+        task = Task(id=task_id, env=RECORDED_ENV, payload={"metadata": metadata} if metadata else {})
+        what = f"cannot open a session for task {task_id!r}"
+        try:
+            await asyncio.to_thread(self.pool.open_recording, task, sid, RECORDER)
+            return 0
+        except DuplicateTaskError:
+            pass  # it exists: one more session of it while it runs (two creators may race here)
+        except Exception as exc:
+            raise _pool_error(exc, what) from exc
+        try:
+            return await asyncio.to_thread(self.pool.open_session, task_id, sid)
+        except StaleTaskError as exc:
+            raise APIError(
+                409,
+                f"{what}: it already exists and is no longer running ({exc}); a task is recorded "
+                "once: open the session with a new task_id",
+                code="task_exists",
+            ) from exc
+        except Exception as exc:
+            raise _pool_error(exc, what) from exc
+
+    async def keep(self, session: Session) -> None:
+        """Renew the lease of a recorded session's task (at most every third of the lease), so a
+        slow agent's task is not taken for a dead worker's."""
+        if not self.record_new_tasks:
+            return
+        if time.monotonic() - session.beat_at < self.pool.cfg.lease_timeout_s / 3:
+            return
+        try:
+            await asyncio.to_thread(self.pool.heartbeat, session.task_id, attempt=session.attempt)
+        except Exception as exc:
+            raise _pool_error(exc, f"cannot renew the task of session {session.id!r}") from exc
+        session.beat_at = time.monotonic()
 
     def get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)
