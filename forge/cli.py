@@ -1,4 +1,4 @@
-"""The `forge` command line: launch, serve, bench, models, report.
+"""The `forge` command line: launch, serve, bench, models, report, export.
 
 Subcommands are resolved lazily so `forge --help` stays fast and one broken tier cannot
 break the others' commands. Each entry maps a name to "module:function"; the function
@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("forge.serve:main", "pool + engine + gateway without training; prints the base URL"),
     "models": ("forge.models:main", "fetch / convert the models Forge ships with"),
     "report": ("forge.report:main", "plot a run's metrics to PNG"),
+    "export": ("forge.export:main", "write what a data pool recorded as JSONL or Parquet"),
 }
 
 BENCHES: dict[str, tuple[str, str]] = {

@@ -1,9 +1,12 @@
-"""Issue 20: `forge serve` records any agent over plain HTTP. The client side is only httpx and
-the official openai SDK (no project imports): a session for a new task, three multi-turn calls, a
-reward, finish; bad input gets 4xx JSON and loses nothing."""
+"""Issue 20: `forge serve` records any agent over plain HTTP, and `forge export` writes what it
+recorded. The client side is only httpx and the official openai SDK (no project imports): a
+session for a new task, three multi-turn calls, a reward, finish; bad input gets 4xx JSON and
+loses nothing; `forge export` (live, then from the stopped server's saved pool, JSONL and
+Parquet) writes rows whose token ids match the session's samples."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pyarrow.parquet as pq
 import pytest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -36,7 +40,7 @@ def served(random_model_dir: Path, tmp_path: Path):
         if "engines:" in line:
             break
     text = "".join(lines)
-    assert "record:" in text, text
+    assert "record:" in text and "export:" in text, text
     url = re.search(r"gateway at (http://\S+)", text).group(1)  # type: ignore[union-attr]
     yield url, run_dir, proc
     if proc.poll() is None:
@@ -51,8 +55,33 @@ def _error(resp: httpx.Response, status: int, code: str) -> str:
     return err["message"]
 
 
-def test_record_an_agent_over_http(served) -> None:
-    url, _, _ = served
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _check_export(rows: list[dict], samples: list[dict], session_id: str) -> None:
+    assert [(r["task_id"], r["session_id"], r["turn"]) for r in rows] == [
+        ("t1", session_id, i) for i in range(3)
+    ]
+    for r, s in zip(rows, samples, strict=True):
+        assert r["prompt_ids"] == s["prompt_ids"] and r["completion_ids"] == s["completion_ids"]
+        assert r["logprobs"] == pytest.approx(s["logprobs"], abs=1e-6)
+        assert r["weight_version"] == s["weight_version"] == 0
+        assert r["reward"] == 0.5 and r["status"] == "done" and r["env"] == "recorded"
+        assert r["metrics"] in ({"score": 2.0}, [("score", 2.0)])
+    assert "What is two plus two?" in rows[0]["prompt_text"]
+    assert "And three more?" in rows[2]["prompt_text"] and rows[2]["completion_text"]
+    # multi-turn: each prompt extends the previous prompt and its completion, token for token
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert b["prompt_ids"][: len(a["prompt_ids"]) + len(a["completion_ids"])] == (
+            a["prompt_ids"] + a["completion_ids"]
+        )
+
+
+def test_record_an_agent_over_http_then_export(served, tmp_path: Path) -> None:
+    url, run_dir, proc = served
     http = httpx.Client(base_url=url, timeout=60)
     opened = http.post("/sessions", json={"task_id": "t1"})
     assert opened.status_code == 200, opened.text
@@ -80,6 +109,25 @@ def test_record_an_agent_over_http(served) -> None:
     assert http.post(f"/sessions/{sid}/reward", content=b"{not json").status_code in (400, 409)
     samples = http.get(f"/sessions/{sid}").json()["samples"]
     assert len(samples) == 3
+
+    # export while the server runs (its live pool), JSONL and Parquet
+    out = tmp_path / "live.jsonl"
+    done = _forge("export", str(run_dir), "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "3 rows of 1 tasks" in done.stdout
+    _check_export(_rows(out), samples, sid)
+    assert [r["step_rewards"] for r in _rows(out)] == [{"process": p} for p in (0.1, 0.2, 0.3)]
+    parquet = tmp_path / "live.parquet"
+    assert _forge("export", str(run_dir), "--out", str(parquet), "--quiet").returncode == 0
+    _check_export(_rows(parquet), samples, sid)
+
+    # after the server stopped: from the pool it saved in its run dir
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    saved = tmp_path / "saved.jsonl"
+    done = _forge("export", str(run_dir), "--out", str(saved), "--quiet")
+    assert done.returncode == 0, done.stderr
+    _check_export(_rows(saved), samples, sid)
 
 
 def test_a_training_gateway_opens_sessions_only_for_leased_tasks(random_gateway) -> None:
