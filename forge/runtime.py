@@ -43,7 +43,9 @@ class Runtime(contextlib.ExitStack):
     # -------------------------------------------------------------- Ray + pool
     def start_ray(self) -> None:
         c = self.cfg.cluster
-        if ray.is_initialized():
+        if ray.is_initialized():  # e.g. a sweep job that a Ray launcher runs inside a Ray worker
+            self._check_placement()
+            self._choose_addresses()
             return
         # actor logs (one line per HTTP request) go to the Ray session dir, not the console
         kwargs: dict[str, Any] = {
@@ -146,6 +148,10 @@ class Runtime(contextlib.ExitStack):
                 cuda_graph=e.cuda_graph,
                 context_length=e.context_length,
                 kv_cache_gb=e.kv_cache_gb,
+                page_size=e.page_size,
+                prefix_cache=e.prefix_cache,
+                attention=e.attention,
+                compile=e.compile,
                 seed=self.cfg.seed,
             )
             for i in range(e.num_engines)
