@@ -11,6 +11,7 @@
 #   CALLS=16 TOOL=128 COMPLETION=128 PROMPT=128 GROUP=8  CONTEXT (default: one whole episode)
 #   BENCH_ARGS (extra bench flags, e.g. "--concurrency 64 --warmup-episodes 8")
 #   SERVER_ARGS (extra server flags; given to both trees, so only flags the old one knows)
+#   NEW_SERVER_ARGS (extra server flags for the new tree only, e.g. --disable-compile)
 #   ADMISSION=1: then a second run with ADMISSION_EPISODES=256 on ADMISSION_TREES="new"
 #   ("256 episodes of up to 4k tokens" through a KV_GB cache)
 #   BENCH_TIMEOUT=300 (s per bench), START_TIMEOUT=240 (s for /health)
@@ -60,7 +61,7 @@ for run in $RUNS; do
   t0=$(date +%s)
   (cd "$tree" && PYTHONPATH=/tmp/site:$tree exec python3 -m gateway.engines.native --model "$MODEL" \
     --device "${DEVICE:-cuda}" --port $PORT --kv-cache-gb "$KV_GB" --context-length "$CONTEXT" \
-    --max-running-requests "$MAX_RUNNING" $SERVER_ARGS) >"$OUT/server_$tag.log" 2>&1 &
+    --max-running-requests "$MAX_RUNNING" $SERVER_ARGS $([ "$name" = old ] || echo "$NEW_SERVER_ARGS")) >"$OUT/server_$tag.log" 2>&1 &
   SERVER=$!
   up=0
   for _ in $(seq $((${START_TIMEOUT:-240} * 2))); do
