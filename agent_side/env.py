@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from forge.types import Task
+from forge.ground.types import Task
 
 Message = dict[str, Any]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent_side.registry import get_env, make_config
 from agent_side.runner import run_episode
-from forge.types import Task
+from forge.ground.types import Task
 
 
 @dataclass

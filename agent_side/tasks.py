@@ -22,7 +22,7 @@ from typing import Any
 
 from agent_side.env import EnvConfig
 from agent_side.registry import get_env, make_config
-from forge.types import Task
+from forge.ground.types import Task
 
 EVAL_MODULUS = 10
 _MAX_DRAWS_PER_PROMPT = 1000

@@ -45,7 +45,7 @@ from agent_side.runner import (
     run_episode,
 )
 from data_pool.errors import StaleTaskError, UnknownTaskError
-from forge.types import Task
+from forge.ground.types import Task
 
 log = logging.getLogger(__name__)
 

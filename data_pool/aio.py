@@ -31,7 +31,7 @@ import redis
 
 from data_pool.errors import RedisUnavailable
 from data_pool.store import DataPool, append_groups, check_append, redact
-from forge.types import Sample, encode
+from forge.ground.types import Sample, encode
 
 
 class _Error(str):

@@ -27,7 +27,7 @@ from rich.progress import Progress
 from data_pool.bench_common import bench_pool, emit, err, reconfigure
 from data_pool.scheduler import Scheduler
 from data_pool.store import DataPool
-from forge.types import Sample, Task, encode
+from forge.ground.types import Sample, Task, encode
 
 COLUMNS = [
     ("write_per_s", "write/s (pipelined API)", ",.0f"),

@@ -33,7 +33,7 @@ from data_pool.bench_common import bench_pool, emit, err, reconfigure
 from data_pool.scheduler import Batch, Scheduler
 from data_pool.store import DataPool
 from data_pool.testing import make_sample
-from forge.types import Task
+from forge.ground.types import Task
 
 COLUMNS = [
     ("mode", "mode", ""),

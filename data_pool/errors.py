@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forge.types import CodecError
+from forge.ground.types import CodecError
 
 
 class PoolError(RuntimeError):

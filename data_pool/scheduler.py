@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from data_pool.errors import CodecError
 from data_pool.store import DataPool
-from forge.types import Episode
+from forge.ground.types import Episode
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from data_pool.keys import group_key, prefix
 from data_pool.scripts import Scripts, translate
 from data_pool.server import EmbeddedRedis
 from data_pool.status import TaskInfo, TaskStatus
-from forge.types import Episode, Sample, Task, decode_sample, decode_task, encode
+from forge.ground.types import Episode, Sample, Task, decode_sample, decode_task, encode
 
 _SUBMIT_CHUNK = 2000  # tasks per submit script call (whole groups)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forge.types import Sample, Task
+from forge.ground.types import Sample, Task
 
 
 def make_tasks(n: int, group_size: int = 1, prefix: str = "t") -> list[Task]:

@@ -22,7 +22,7 @@ Computed tokens/s: what the forward pass really processed — Forge's prefix-mer
 
 The Forge side runs `python -m forge.cli launch` with the overrides below plus yours (`--set
 KEY=VALUE` or positional after `--`) and reads `<run_dir>/metrics.jsonl`. The TRL side resolves
-the same Hydra config, so it uses the same model directory (`forge.models.materialize`, same
+the same Hydra config, so it uses the same model directory (`forge.ground.models.materialize`, same
 seed), the same prompts (the env's task generator, same seed, same order), the env's own
 verifier as reward (`Environment.step` on the final reply), the calculator tool (TRL's `tools=`
 multi-turn loop, with Forge's Hermes chat template, so the prompt is rendered as Forge's gateway
@@ -291,7 +291,7 @@ def trl_refusal(cfg) -> str | None:
 def trl_spec(cfg, device: str, steps: int, generation: str, grad_accum: int) -> dict[str, Any]:
     """Everything the TRL child needs, taken from the resolved Forge config."""
     from agent_side.registry import make_config
-    from forge.models import materialize
+    from forge.ground.models import materialize
 
     if cfg.algo.name not in TRL_LOSS:
         raise ValueError(f"algo={cfg.algo.name} has no TRL counterpart; use algo=cispo or algo=grpo")

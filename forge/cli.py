@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("forge.launch:main", "run the whole RL loop (Hydra overrides follow)"),
     "serve": ("forge.serve:main", "pool + engine + gateway without training; prints the base URL"),
-    "models": ("forge.models:main", "fetch / convert the models Forge ships with"),
+    "models": ("forge.ground.models:main", "fetch / convert the models Forge ships with"),
     "report": ("forge.report:main", "plot a run's metrics to PNG"),
     "export": ("forge.export:main", "write what a data pool recorded as JSONL or Parquet"),
 }

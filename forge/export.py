@@ -134,7 +134,7 @@ def load_tokenizer(model: str) -> Any:
 def rows(pool: Any, ids: list[str], tokenizer: Any, skipped: list[str], advance: Any) -> Iterator[dict]:
     """One dict per recorded call of the tasks `ids`; tasks whose records cannot be decoded are
     named in `skipped`."""
-    from forge.types import CodecError
+    from forge.ground.types import CodecError
 
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]

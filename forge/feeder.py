@@ -44,7 +44,7 @@ class TaskFeeder:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from forge.models import materialize
+            from forge.ground.models import materialize
 
             self._tokenizer = AutoTokenizer.from_pretrained(materialize(self.cfg.model.name, self.cfg.seed))
         rows = []

@@ -74,7 +74,7 @@ class StopFlag:
 def run(cfg: ForgeConfig) -> dict[str, Any]:
     from data_pool import Scheduler
     from forge.feeder import TaskFeeder, batch_metrics, collect_batch, evaluate_accuracy, merge_batches
-    from forge.models import materialize
+    from forge.ground.models import materialize
     from forge.monitor import RunMonitor
     from forge.runtime import Runtime
 
@@ -203,7 +203,7 @@ def record_trained(run_dir: Path, step: int, batch: Any) -> None:
 
 def probe_engine(url: str) -> dict[str, Any]:
     """Greedy tokens for a fixed prompt from an engine after a sync: which weights does it serve?"""
-    from gateway.engines.client import SyncEngineClient
+    from forge.ground.engine_client import SyncEngineClient
 
     out = SyncEngineClient(url, timeout=60).generate([1, 2, 3, 4], {"max_new_tokens": 4, "temperature": 0.0})
     return {
@@ -223,7 +223,7 @@ class EngineMeter:
         self.last = self._read()
 
     def _read(self) -> list[dict[str, float]]:
-        from gateway.engines.client import EngineError, SyncEngineClient
+        from forge.ground.engine_client import EngineError, SyncEngineClient
 
         stats = []
         for url in self.urls:

@@ -120,7 +120,7 @@ class Runtime(contextlib.ExitStack):
     def start_engines(self, model_dir: str) -> list[str]:
         e = self.cfg.engine
         if e.urls:
-            from gateway.engines.client import SyncEngineClient
+            from forge.ground.engine_client import SyncEngineClient
 
             for url in e.urls:
                 SyncEngineClient(url, timeout=30).health()

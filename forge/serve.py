@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="forge serve", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--model", default="tiny", help="forge.models name (tiny, smollm2_135m, ...) or a directory"
+        "--model", default="tiny", help="forge.ground.models name (tiny, smollm2_135m, ...) or a directory"
     )
     p.add_argument("--engines", type=int, default=1, help="built-in engines to start")
     p.add_argument("--engine-url", action="append", default=[], help="attach to these engines instead")
@@ -48,7 +48,7 @@ def serve(
 ) -> str:
     """Start everything, print the URL, block until `stop` (or SIGINT/SIGTERM); returns the URL."""
     from data_pool import PoolConfig, connect
-    from forge.models import materialize
+    from forge.ground.models import materialize
     from gateway import GatewayConfig, start_gateway_in_thread
 
     stop = stop or threading.Event()

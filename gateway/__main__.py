@@ -21,7 +21,9 @@ def parse_args(argv: list[str]) -> tuple[GatewayConfig, str | None]:
         "--engine-url", action="append", required=True, help="an engine (SGLang protocol); repeatable"
     )
     p.add_argument(
-        "--model", default="tiny", help="tokenizer/chat template source: forge.models name or directory"
+        "--model",
+        default="tiny",
+        help="tokenizer/chat template source: forge.ground.models name or directory",
     )
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--served-model-name", default=None)

@@ -44,7 +44,9 @@ import httpx
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="forge bench gateway", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny", help="forge.models name or directory (engine and tokenizer)")
+    p.add_argument(
+        "--model", default="tiny", help="forge.ground.models name or directory (engine and tokenizer)"
+    )
     p.add_argument("--requests", type=int, default=300, help="gateway/direct pairs for the latency figures")
     p.add_argument("--turns", type=int, default=3, help="calls per conversation (latency)")
     p.add_argument("--max-tokens", type=int, default=4)
@@ -77,7 +79,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 1
 def stack(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Redis (data pool), engine and gateway, each in its own process."""
     from data_pool import PoolConfig, connect
-    from forge.models import resolve_model
+    from forge.ground.models import resolve_model
 
     model_dir = str(resolve_model(args.model))
     procs: list[subprocess.Popen[bytes]] = []
@@ -129,7 +131,7 @@ def stack(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 def open_session(http: httpx.Client, gateway: str, pool: Any, n: int) -> str:
     body: dict[str, Any] = {"task_id": f"bench-{n}-{time.monotonic_ns()}"}
     if pool is not None:
-        from forge.types import Task
+        from forge.ground.types import Task
 
         pool.submit([Task(id=body["task_id"], env="bench")])
         task = pool.acquire_task("bench", timeout=10)
@@ -228,7 +230,7 @@ async def _gateway_load(s: dict[str, Any], args: argparse.Namespace) -> tuple[in
 
 
 async def _engine_load(s: dict[str, Any], args: argparse.Namespace, prompt_len: int) -> tuple[int, float]:
-    from gateway.engines.client import EngineClient
+    from forge.ground.engine_client import EngineClient
 
     done = 0
     stop = time.perf_counter() + args.duration

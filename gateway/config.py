@@ -16,7 +16,7 @@ class GatewayConfig:
 
     engine_urls: the inference engines (SGLang protocol) the gateway routes to, e.g.
     ["http://10.0.0.5:30000"]. model: where the tokenizer and chat template come from (a
-    `forge.models` name such as "tiny" / "smollm2_135m", or a local directory); `tokenizer`
+    `forge.ground.models` name such as "tiny" / "smollm2_135m", or a local directory); `tokenizer`
     overrides it. The gateway serves the model under `served_model_name` (default: the model
     directory's name) and the `model_aliases` ("default" by default); any other model name is
     refused with 404.

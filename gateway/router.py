@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.engines.client import EngineClient, EngineUnavailableError, GenerateResult
+from forge.ground.engine_client import EngineClient, EngineUnavailableError, GenerateResult
 
 
 @dataclass

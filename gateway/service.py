@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forge.types import Sample
-from gateway.config import GatewayConfig
-from gateway.detok import token_pieces
-from gateway.engines.client import (
+from forge.ground.engine_client import (
     EngineProtocolError,
     EngineRequestError,
     EngineUnavailableError,
     GenerateResult,
 )
+from forge.ground.types import Sample
+from gateway.config import GatewayConfig
+from gateway.detok import token_pieces
 from gateway.errors import APIError
 from gateway.ledger import Ledger, PromptPlan
 from gateway.messages import Conversation, Message, ToolCall
@@ -102,7 +102,7 @@ def _version(value: str | None) -> int:
 def load_tokenizer(cfg: GatewayConfig) -> Any:
     from transformers import AutoTokenizer
 
-    from forge.models import resolve_model, smollm2_tokenizer_dir
+    from forge.ground.models import resolve_model, smollm2_tokenizer_dir
 
     source = cfg.tokenizer or cfg.model
     if source in ("tiny", "tiny_llama", "qwen3_0p6b_random"):

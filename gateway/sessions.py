@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from forge.types import Sample, Task
+from forge.ground.types import Sample, Task
 from gateway.errors import APIError
 from gateway.ledger import Ledger
 from gateway.templates import ChatRenderer

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from forge.types import Task
+from forge.ground.types import Task
 
 # A tool-calling reply and a final answer, both with reasoning (used by the gateway tests).
 TOOL_SCRIPT = (
@@ -64,7 +64,7 @@ def hermes_tokenizer() -> Any:
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
-    from forge.models import smollm2_tokenizer_dir
+    from forge.ground.models import smollm2_tokenizer_dir
 
     tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in HERMES_TOKENS])
@@ -192,7 +192,7 @@ def scripted_model_dir(script: str, order: int = 3, context: int = 1024) -> Path
     """A directory (model + tokenizer) of `build_scripted_model` for `script`, cached by spec."""
     import torch
 
-    from forge.models import _locked, cache_dir
+    from forge.ground.models import _locked, cache_dir
 
     spec = json.dumps({"script": script, "order": order, "context": context, "v": 1}, sort_keys=True)
     out = cache_dir() / "models" / f"scripted-{hashlib.sha1(spec.encode()).hexdigest()[:12]}"

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from forge.types import Episode, Sample, Task
+from forge.ground.types import Episode, Sample, Task
 from trainer.advantages import compute_advantages
 from trainer.batch import build_samples, make_microbatches
 from trainer.config import AlgoConfig

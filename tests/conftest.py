@@ -64,7 +64,7 @@ def pool(make_pool):
 
 @pytest.fixture(scope="session")
 def random_model_dir() -> Path:
-    from forge.models import tiny_model_dir
+    from forge.ground.models import tiny_model_dir
 
     # initializer_range 0.2: greedy continuations vary (the default repeats one token)
     return tiny_model_dir("qwen3", initializer_range=0.2)

@@ -1,7 +1,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from forge.models import resolve_model, tiny_model_dir
+from forge.ground.models import resolve_model, tiny_model_dir
 
 
 def test_tiny_model_is_deterministic_and_has_a_chat_template():

@@ -1,7 +1,7 @@
 import msgpack
 import pytest
 
-from forge.types import (
+from forge.ground.types import (
     SCHEMA_VERSION,
     CodecError,
     Episode,

@@ -3,7 +3,7 @@
 The group starts rank 0 first to learn its node address and a free port, then starts every
 rank with MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE set, and constructs the DeepSpeed engines
 concurrently (torch.distributed's rendezvous blocks until all ranks join). Episodes travel
-as msgpack records (forge.types), decoded in each actor.
+as msgpack records (forge.ground.types), decoded in each actor.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from forge.types import Episode, decode_episode, encode
+from forge.ground.types import Episode, decode_episode, encode
 from trainer.config import AlgoConfig, TrainerConfig
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from forge.types import Episode
+from forge.ground.types import Episode
 from trainer.config import AlgoConfig
 
 EPS = 1e-6

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from forge.types import Episode, EpisodeStatus
+from forge.ground.types import Episode, EpisodeStatus
 from trainer.tree import Packed, PrefixTrie, pack
 
 

@@ -78,8 +78,8 @@ def main(argv: list[str]) -> int:
     prompt = args.prompt or (256 if cuda else 64)
     completion = args.completion or (256 if cuda else 64)
 
-    from forge.models import build_model
-    from forge.types import Episode, Sample, Task
+    from forge.ground.models import build_model
+    from forge.ground.types import Episode, Sample, Task
     from trainer.advantages import group_relative
     from trainer.batch import build_samples, make_microbatches
     from trainer.engine import Trainer

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from forge.types import Episode, Sample, Task
+from forge.ground.types import Episode, Sample, Task
 from trainer.advantages import group_relative
 from trainer.batch import MicroBatch, build_samples, make_microbatches
 from trainer.config import AlgoConfig
@@ -219,7 +219,7 @@ def main(argv: list[str]) -> int:
     calls = [int(c) for c in (args.calls or ("1,4,16,64" if cuda else "1,4,8")).split(",")]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if cuda else "fp32")]
 
-    from forge.models import build_model
+    from forge.ground.models import build_model
 
     device = torch.device(args.device)
     kernel = "flex" if cuda else "sdpa_dense"

@@ -36,7 +36,7 @@ class AlgoConfig:
 class TrainerConfig:
     """The DeepSpeed train engine."""
 
-    model: str = "tiny"  # a name forge.models resolves, or a local HF directory
+    model: str = "tiny"  # a name forge.ground.models resolves, or a local HF directory
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     zero_stage: int = 2

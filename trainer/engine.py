@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from forge.types import Episode
+from forge.ground.types import Episode
 from trainer.advantages import compute_advantages
 from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_microbatches
 from trainer.config import AlgoConfig, TrainerConfig
@@ -263,7 +263,7 @@ class Trainer:
     def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, model: torch.nn.Module | None = None) -> None:
         import deepspeed
 
-        from forge.models import build_model
+        from forge.ground.models import build_model
 
         self.cfg, self.algo = cfg, algo
         self.device = resolve_device(cfg)
@@ -487,7 +487,7 @@ class Trainer:
             for _ in named:
                 pass
             return {}
-        from forge import weight_sync
+        from forge.ground import weight_sync
 
         info: dict[str, Any] = {"mode": mode}
         if mode == "distributed":
@@ -521,8 +521,8 @@ class Trainer:
         ranks on one GPU, so a colocated engine (same GPU UUID in /get_model_info) gets IPC."""
         if self.device != "cuda":
             return list(urls), []
-        from forge.cuda_ipc import device_uuid
-        from gateway.engines.client import SyncEngineClient
+        from forge.ground.cuda_ipc import device_uuid
+        from forge.ground.engine_client import SyncEngineClient
 
         cache = self._engine_uuids
         mine = device_uuid()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forge.types import Episode, Sample, Task
+from forge.ground.types import Episode, Sample, Task
 
 
 def agent_batch(

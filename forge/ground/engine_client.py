@@ -12,7 +12,7 @@ Errors are typed: `EngineUnavailableError` when the engine cannot be reached or 
 503 (the gateway turns it into a 503), `EngineRequestError` for a 4xx (bad input: the engine's
 message is kept), `EngineProtocolError` for an answer that does not parse.
 
-`EngineClient` is async (`gateway.engines.http.LeanHTTP` for http://, aiohttp for https://).
+`EngineClient` is async (`forge.ground.engine_http.LeanHTTP` for http://, aiohttp for https://).
 `SyncEngineClient` is a blocking twin built on the standard library, for scripts, the trainer and
 tests that are not async.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.engines.http import LeanHTTP
+from forge.ground.engine_http import LeanHTTP
 
 # SGLang's `SamplingParams` API fields (sampling_params.py; the internal fields stop_strs,
 # stop_regex_strs, stop_str_max_len, ... are not part of the HTTP API and are left out).
@@ -331,7 +331,7 @@ class EngineClient:
     ) -> dict[str, Any]:
         """POST /init_weights_update_group: the engine joins a torch.distributed group in which the
         trainer is rank 0 and this engine rank `rank_offset`. Returns once the group is formed, so
-        the trainer must join concurrently (see forge.weight_sync)."""
+        the trainer must join concurrently (see forge.ground.weight_sync)."""
         body = {
             "master_address": master_address,
             "master_port": int(master_port),
@@ -358,7 +358,7 @@ class EngineClient:
     ) -> dict[str, Any]:
         """POST /update_weights_from_distributed: the engine receives one broadcast (src rank 0) per
         name, in order, with the given dtypes ("bfloat16", "float32", ...) and shapes. Returns when
-        all are received and loaded; the trainer broadcasts concurrently (forge.weight_sync)."""
+        all are received and loaded; the trainer broadcasts concurrently (forge.ground.weight_sync)."""
         body: dict[str, Any] = {
             "names": list(names),
             "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
@@ -513,7 +513,7 @@ class SyncEngineClient:
     ) -> dict[str, Any]:
         """POST /update_weights_from_tensor: one serialized bucket per entry. The built-in engine
         takes load_format="forge_cuda_ipc" (base64 msgpack with a CUDA IPC handle, see
-        forge.cuda_ipc); it never accepts SGLang's pickled formats."""
+        forge.ground.cuda_ipc); it never accepts SGLang's pickled formats."""
         body: dict[str, Any] = {
             "serialized_named_tensors": list(serialized_named_tensors),
             "load_format": load_format,

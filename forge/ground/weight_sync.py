@@ -119,7 +119,7 @@ def connect_engines(
 
     A group of the same name left on an engine by an earlier, failed attempt is destroyed first.
     If an engine refuses to join, this raises at once instead of waiting out the rendezvous."""
-    from gateway.engines.client import EngineRequestError, SyncEngineClient
+    from forge.ground.engine_client import EngineRequestError, SyncEngineClient
 
     for url in urls:
         try:
@@ -169,7 +169,7 @@ def connect_engines(
 
 def leave_engines(urls: Sequence[str], group_name: str = DEFAULT_GROUP_NAME) -> None:
     """Best effort: ask engines to drop the weight-update group (after a failed sync)."""
-    from gateway.engines.client import EngineError, SyncEngineClient
+    from forge.ground.engine_client import EngineError, SyncEngineClient
 
     for url in urls:
         try:
@@ -195,7 +195,7 @@ def push_weights(
     process's GPU and get each bucket as a CUDA IPC buffer instead (NCCL refuses two ranks on one
     GPU). With `pause` (default) engines are paused in place for the whole update, so no token is
     generated with half-updated weights; every bucket carries the same `weight_version`."""
-    from gateway.engines.client import SyncEngineClient
+    from forge.ground.engine_client import SyncEngineClient
 
     if urls and group is None:
         raise ValueError("engines to broadcast to, but no weight-update group")
@@ -228,7 +228,7 @@ def push_weights(
 def _push_bucket_ipc(
     clients: Sequence[Any], bucket: list[tuple[str, torch.Tensor]], weight_version: str
 ) -> int:
-    from forge import cuda_ipc
+    from forge.ground import cuda_ipc
 
     packed = cuda_ipc.pack_bucket(bucket)
     torch.cuda.current_stream().synchronize()  # the buffer is filled before an engine reads it
@@ -290,7 +290,7 @@ def push_weights_via_disk(
 
     from safetensors.torch import save_file
 
-    from gateway.engines.client import SyncEngineClient
+    from forge.ground.engine_client import SyncEngineClient
 
     root = Path(directory)
     target = root / f"v{weight_version}"

@@ -38,7 +38,7 @@ def _prompts(vocab: int, seed: int = 0) -> list[list[int]]:
 def _engine_runs(
     url: str, prompts: list[list[int]], news: list[int], sp: dict[str, Any]
 ) -> tuple[list, list]:
-    from gateway.engines.client import EngineClient
+    from forge.ground.engine_client import EngineClient
 
     async def run() -> tuple[list, list]:
         async with EngineClient(url) as client:
@@ -94,7 +94,7 @@ def _compare(
 def _strict_model(device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from forge.models import QWEN3_0P6B, random_config
+    from forge.ground.models import QWEN3_0P6B, random_config
 
     torch.manual_seed(0)
     config = random_config({**QWEN3_0P6B, "num_hidden_layers": 4}, "qwen3", initializer_range=0.1)

@@ -10,7 +10,7 @@
 - `launch_sglang(model_path, num_gpus)`: one ServerActor per GPU; returns their URLs and actors.
 - `attach(urls)`: health-check servers started elsewhere; returns the URLs.
 
-Every server, SGLang or built-in, is then spoken to with `gateway.engines.client.EngineClient`.
+Every server, SGLang or built-in, is then spoken to with `forge.ground.engine_client.EngineClient`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engines.client import EngineUnavailableError, SyncEngineClient
+from forge.ground.engine_client import EngineUnavailableError, SyncEngineClient
 
 
 def sglang_available() -> bool:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from trace_gaps import report  # this script's folder is on sys.path
 
-from forge.models import build_model
-from forge.types import Episode, Sample, Task
+from forge.ground.models import build_model
+from forge.ground.types import Episode, Sample, Task
 from trainer.config import AlgoConfig, TrainerConfig
 from trainer.engine import Trainer
 

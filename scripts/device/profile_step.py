@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from trace_gaps import report  # this script's folder is on sys.path
 
-from forge.models import build_model
+from forge.ground.models import build_model
 from trainer.advantages import group_relative
 from trainer.batch import build_samples, make_microbatches
 from trainer.config import AlgoConfig

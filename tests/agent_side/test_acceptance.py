@@ -12,7 +12,7 @@ import pytest
 from agent_side.ray_worker import start_env_workers
 from agent_side.tasks import make_tasks
 from data_pool import TaskStatus
-from forge.types import Task
+from forge.ground.types import Task
 
 pytestmark = pytest.mark.slow
 HELPERS = str(Path(__file__).with_name("helper_envs.py"))

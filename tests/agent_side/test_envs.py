@@ -8,7 +8,7 @@ import pytest
 from agent_side.envs.arithmetic import Arithmetic, ArithmeticConfig, make_problem
 from agent_side.envs.calc_tool import CalcError, evaluate, format_value
 from agent_side.envs.calculator import ELIDED, Calculator, CalculatorConfig
-from forge.types import Task
+from forge.ground.types import Task
 
 
 def _task(env: str, question: str, answer: str) -> Task:

@@ -42,7 +42,7 @@ def _lookup(key: object, name: str = "lookup", raw: str | None = None, call_id: 
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from forge.models import smollm2_tokenizer_dir
+    from forge.ground.models import smollm2_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
 

@@ -13,7 +13,7 @@ from agent_side.envs.calculator import ELIDED, Calculator, CalculatorConfig
 from agent_side.envs.react import ReactAgentEnv, ReactConfig
 from agent_side.evaluate import evaluate
 from agent_side.runner import ContextExceeded, EpisodeError, run_episode
-from forge.types import Task
+from forge.ground.types import Task
 
 # must match tests/agent_side/conftest.py (the scripted models' script); checked by `test_case_matches`
 CALC_EXPR, CALC_ANSWER = "123 * 456 + 7", "56095"

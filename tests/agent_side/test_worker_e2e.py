@@ -12,7 +12,7 @@ import pytest
 from agent_side.registry import load_env_modules
 from agent_side.worker import EnvWorker
 from data_pool import TaskStatus
-from forge.types import Task
+from forge.ground.types import Task
 
 HELPERS = str(Path(__file__).with_name("helper_envs.py"))
 load_env_modules([HELPERS])  # registers test_turns, test_slow, test_raises, test_bad_reward, test_hangs

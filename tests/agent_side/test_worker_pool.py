@@ -8,7 +8,7 @@ from agent_side.env import EnvConfig, Environment
 from agent_side.registry import register_env
 from agent_side.worker import EnvWorker
 from data_pool import TaskStatus
-from forge.types import Task
+from forge.ground.types import Task
 
 DEAD_GATEWAY = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
 

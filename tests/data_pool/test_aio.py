@@ -16,7 +16,7 @@ from data_pool import (
 )
 from data_pool.aio import AsyncAppender, _parse
 from data_pool.testing import make_sample, make_tasks
-from forge.types import encode
+from forge.ground.types import encode
 
 
 def _running(pool, n=1):

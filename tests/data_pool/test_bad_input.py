@@ -5,7 +5,7 @@ import pytest
 
 from data_pool import CodecError, Scheduler, TaskStatus
 from data_pool.testing import acquire_all, complete, make_sample, make_tasks
-from forge.types import encode
+from forge.ground.types import encode
 
 
 def _wrong_version(raw: bytes) -> bytes:

@@ -6,7 +6,7 @@ import pytest
 
 from data_pool import DuplicateTaskError, Scheduler, StaleTaskError, TaskStatus
 from data_pool.testing import make_sample, make_tasks
-from forge.types import Task
+from forge.ground.types import Task
 
 
 def test_a_recorded_task_is_leased_bound_and_trainable(pool):

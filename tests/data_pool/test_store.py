@@ -12,7 +12,7 @@ from data_pool import (
     UnknownTaskError,
 )
 from data_pool.testing import acquire_all, complete, make_sample, make_tasks
-from forge.types import Task
+from forge.ground.types import Task
 
 
 def test_submit_assigns_fifo_seq_and_groups_contiguous(pool):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from data_pool import PoolConfig, Scheduler, TaskStatus, connect
 from data_pool.testing import complete
-from forge.types import Task
+from forge.ground.types import Task
 
 OPS = [
     "acquire",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from forge.models import tiny_model_dir
+from forge.ground.models import tiny_model_dir
 
 # initializer_range 0.2: a random model whose greedy continuations vary (the default 0.02 repeats a token).
 TINY_KW: dict[str, Any] = {"initializer_range": 0.2}

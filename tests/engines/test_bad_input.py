@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.engines.client import (
+from forge.ground.engine_client import (
     EngineClient,
     EngineRequestError,
     EngineUnavailableError,

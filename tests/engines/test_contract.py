@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from forge import cuda_ipc
+from forge.ground import cuda_ipc
+from forge.ground.engine_client import EngineClient, EngineRequestError, SyncEngineClient
 from gateway.engines import client as client_mod
-from gateway.engines.client import EngineClient, EngineRequestError, SyncEngineClient
 
 FIELDS = json.loads((Path(client_mod.__file__).with_name("sglang_fields.json")).read_text())
 

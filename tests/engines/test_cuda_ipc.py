@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from forge import cuda_ipc, weight_sync
-from gateway.engines.client import SyncEngineClient
+from forge.ground import cuda_ipc, weight_sync
+from forge.ground.engine_client import SyncEngineClient
 
 
 def _meta(**over) -> dict:

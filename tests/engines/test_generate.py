@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from gateway.engines.client import EngineClient, SyncEngineClient
+from forge.ground.engine_client import EngineClient, SyncEngineClient
 
 PROMPTS = [[1, 2, 3, 4, 5], [100, 200, 300], [7] * 20, list(range(40, 73))]
 

@@ -1,4 +1,4 @@
-"""The lean engine HTTP client (`gateway.engines.http.LeanHTTP`) against real aiohttp servers and a
+"""The lean engine HTTP client (`forge.ground.engine_http.LeanHTTP`) against real aiohttp servers and a
 raw TCP server: connection reuse, chunked and closing answers, stale keep-alive connections,
 timeouts and cancellation that must never hand one request's answer to the next."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.engines.client import EngineClient, EngineRequestError, EngineUnavailableError
-from gateway.engines.http import HTTPProtocolError, LeanHTTP
+from forge.ground.engine_client import EngineClient, EngineRequestError, EngineUnavailableError
+from forge.ground.engine_http import HTTPProtocolError, LeanHTTP
 
 
 async def _serve(app: web.Application, **kw: Any) -> tuple[web.AppRunner, str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from forge.ground.engine_client import EngineUnavailableError, SyncEngineClient
 from gateway.engines import sglang_launcher as sl
-from gateway.engines.client import EngineUnavailableError, SyncEngineClient
 
 FIELDS = json.loads((Path(sl.__file__).with_name("sglang_fields.json")).read_text())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from gateway.engines.client import SyncEngineClient
+from forge.ground.engine_client import SyncEngineClient
 
 
 def test_busy_time_between_two_reads_never_exceeds_the_time_between_them(engine):

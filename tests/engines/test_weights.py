@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from forge import weight_sync
-from gateway.engines.client import EngineRequestError, SyncEngineClient
+from forge.ground import weight_sync
+from forge.ground.engine_client import EngineRequestError, SyncEngineClient
 
 PROMPT = [5, 6, 7, 8]
 GREEDY = {"max_new_tokens": 12, "temperature": 0.0, "ignore_eos": True}

@@ -153,7 +153,7 @@ def test_trl_reads_back_a_tool_call_in_forges_template():
     from transformers import AutoTokenizer
     from trl.chat_template_utils import parse_response, supports_tool_calling
 
-    from forge.models import materialize
+    from forge.ground.models import materialize
 
     tok = AutoTokenizer.from_pretrained(materialize("tiny"))
     bench_e2e.hermes_tool_template(tok)
@@ -197,7 +197,7 @@ def test_trl_prompt_tokens_are_the_ones_forges_gateway_renders():
 
     from agent_side.envs.calculator import CALCULATOR_TOOL, Calculator, CalculatorConfig
     from agent_side.tasks import make_tasks
-    from forge.models import materialize
+    from forge.ground.models import materialize
     from gateway.messages import Message
     from gateway.templates import ChatRenderer
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from data_pool import PoolConfig, connect
-from forge.types import Sample, Task
+from forge.ground.types import Sample, Task
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -21,7 +21,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from gateway.engines.client import EngineProtocolError, parse_generate
+from forge.ground.engine_client import EngineProtocolError, parse_generate
 from gateway.router import Router
 from gateway.serving import ServedApp, serve_in_thread
 from gateway.testing import open_session, session_info

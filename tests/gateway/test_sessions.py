@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from data_pool import TaskStatus
-from forge.types import Task
+from forge.ground.types import Task
 from gateway.testing import open_session, session_info, start_task
 
 HI = [{"role": "user", "content": "hi"}]

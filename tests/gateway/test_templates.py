@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from forge.models import smollm2_tokenizer_dir
+from forge.ground.models import smollm2_tokenizer_dir
 from gateway.messages import Message, ToolCall
 from gateway.parsing import parse_reply
 from gateway.templates import ChatRenderer

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from forge.types import Episode, Sample, Task
+from forge.ground.types import Episode, Sample, Task
 from trainer.advantages import compute_advantages, group_relative, m2_reward_to_go
 from trainer.config import AlgoConfig
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from forge.types import Episode, Sample, Task
+from forge.ground.types import Episode, Sample, Task
 from trainer.batch import build_samples, make_microbatches
 from trainer.config import AlgoConfig, TrainerConfig
 from trainer.engine import Trainer
@@ -181,7 +181,7 @@ def test_zero3_exports_full_tensors():
     tr = Trainer(TrainerConfig(model="tiny", zero_stage=3), AlgoConfig())
     from transformers import AutoModelForCausalLM
 
-    from forge.models import tiny_model_dir
+    from forge.ground.models import tiny_model_dir
 
     ref = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir()).named_parameters())
     exported = dict(tr.export_weights())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from forge.models import tiny_model_dir
+from forge.ground.models import tiny_model_dir
 from trainer.advantages import group_relative
 from trainer.batch import build_samples, make_microbatches
 from trainer.config import AlgoConfig

@@ -54,7 +54,7 @@ def load_model(name: str, device: str, dtype: torch.dtype, seed: int = 0) -> tup
     """(model, tokenizer or None, resolved path) for a directory or a forge.models name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from forge.models import build_model, resolve_model
+    from forge.ground.models import build_model, resolve_model
 
     if name == "qwen3_0p6b_random":
         return build_model(name, dtype=dtype, device=device, seed=seed).eval(), None, name

@@ -169,7 +169,7 @@ async def init_weights_update_group(request: web.Request) -> web.Response:
         "InitWeightsUpdateGroupReqInput",
         required=("master_address", "master_port", "rank_offset", "world_size"),
     )
-    from forge.weight_sync import new_weight_update_group
+    from forge.ground.weight_sync import new_weight_update_group
 
     name = body.get("group_name", "weight_update_group")
     backend = body.get("backend", "nccl")
@@ -204,7 +204,7 @@ async def destroy_weights_update_group(request: web.Request) -> web.Response:
     entry = request.app[GROUPS].pop(name, None)
     if entry is None:
         return web.json_response({"success": False, "message": "The group does not exist."}, status=400)
-    from forge.weight_sync import destroy_group
+    from forge.ground.weight_sync import destroy_group
 
     await asyncio.to_thread(destroy_group, entry[0])
     return web.json_response({"success": True, "message": "Succeeded to destroy custom process group."})
@@ -241,7 +241,7 @@ async def update_weights_from_tensor(request: web.Request) -> web.Response:
     """Colocated weight sync: each entry is a bucket shared by CUDA IPC (see forge.cuda_ipc).
 
     SGLang's own load formats carry pickles; this engine refuses them and never unpickles."""
-    from forge import cuda_ipc
+    from forge.ground import cuda_ipc
 
     body = await read_json(request, "UpdateWeightsFromTensorReqInput", required=("serialized_named_tensors",))
     if body.get("load_format") != cuda_ipc.FORMAT:
@@ -332,7 +332,7 @@ async def get_model_info(request: web.Request) -> web.Response:
 
 
 def _device_uuid(core: EngineCore) -> str:
-    from forge.cuda_ipc import device_uuid
+    from forge.ground.cuda_ipc import device_uuid
 
     device = core.runner.device
     return device_uuid(device.index or 0) if device.type == "cuda" else ""
