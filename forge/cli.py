@@ -20,13 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 BENCHES: dict[str, tuple[str, str]] = {
-    "tree": ("trainer.bench_tree:main", "prefix-tree merging vs flat packing: tokens, time, grads"),
-    "trainer": ("trainer.bench_trainer:main", "tokens/s and MFU of a full DeepSpeed train step"),
-    "scheduler": ("data_pool.bench_scheduler:main", "windowed-FIFO vs strict vs greedy simulation"),
-    "pool": ("data_pool.bench_pool:main", "samples/s through the pool API vs redis-benchmark"),
+    "tree": ("forge.bench.tree:main", "prefix-tree merging vs flat packing: tokens, time, grads"),
+    "trainer": ("forge.bench.trainer:main", "tokens/s and MFU of a full DeepSpeed train step"),
+    "scheduler": ("forge.bench.scheduler:main", "windowed-FIFO vs strict vs greedy simulation"),
+    "pool": ("forge.bench.pool:main", "samples/s through the pool API vs redis-benchmark"),
     "engine": ("gateway.engines.bench_engine:main", "built-in engine tokens/s vs model.generate"),
-    "gateway": ("gateway.bench_gateway:main", "gateway overhead over a direct engine call"),
-    "e2e": ("forge.bench_e2e:main", "forge launch end to end: trained tokens/s, time per phase (--peer trl)"),
+    "gateway": ("forge.bench.gateway:main", "gateway overhead over a direct engine call"),
+    "e2e": ("forge.bench.e2e:main", "forge launch end to end: trained tokens/s, time per phase (--peer trl)"),
 }
 
 

@@ -34,7 +34,7 @@ def child(argv: list[str]) -> None:
 def main(requests: int, top: int) -> None:
     import httpx
 
-    from gateway import bench_gateway as bench
+    from forge.bench import gateway as bench
 
     out = tempfile.mktemp(suffix=".prof")
     real_popen, gateway_proc = subprocess.Popen, []

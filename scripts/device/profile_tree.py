@@ -15,7 +15,7 @@ import time
 import torch
 from trace_gaps import report  # this script's folder is on sys.path
 
-import trainer.bench_tree as bt
+import forge.bench.tree as bt
 from forge.ground.models import build_model
 from trainer.flops import body_params, model_flops
 from trainer.model_setup import prepare_for_training

@@ -1,5 +1,5 @@
 """Fixtures for the agent-side tests: the built-in engine over a tiny random model and over
-scripted models (gateway.testing: real weights set to write a known reply), real gateways
+scripted models (tests.helpers.gateway: real weights set to write a known reply), real gateways
 recording into the real data pool (`pool` / `make_pool` from tests/conftest.py), and Ray."""
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def random_engine(start_engine, random_model_dir: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def tool_model_dir() -> Path:
-    from gateway.testing import scripted_model_dir
+    from tests.helpers.gateway import scripted_model_dir
 
     return scripted_model_dir(TOOL_CALL_SCRIPT, context=CONTEXT)
 
 
 @pytest.fixture(scope="session")
 def answer_model_dir() -> Path:
-    from gateway.testing import scripted_model_dir
+    from tests.helpers.gateway import scripted_model_dir
 
     return scripted_model_dir(ANSWER_SCRIPT, context=CONTEXT)
 

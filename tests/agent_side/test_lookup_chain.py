@@ -19,7 +19,7 @@ from agent_side.envs.lookup_chain import END, START, LookupChain, LookupChainCon
 from agent_side.registry import make_config
 from agent_side.runner import run_episode
 from agent_side.tasks import make_tasks
-from forge import bench_e2e
+from forge.bench import e2e as bench_e2e
 
 GARBAGE = {"role": "assistant", "content": "ĠthelessĠ§ 17 quartz( olive 3 ..."}
 

@@ -15,8 +15,8 @@ from data_pool import (
     connect,
 )
 from data_pool.aio import AsyncAppender, _parse
-from data_pool.testing import make_sample, make_tasks
 from forge.ground.types import encode
+from tests.helpers.pool import make_sample, make_tasks
 
 
 def _running(pool, n=1):

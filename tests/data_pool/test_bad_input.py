@@ -4,8 +4,8 @@ import msgpack
 import pytest
 
 from data_pool import CodecError, Scheduler, TaskStatus
-from data_pool.testing import acquire_all, complete, make_sample, make_tasks
 from forge.ground.types import encode
+from tests.helpers.pool import acquire_all, complete, make_sample, make_tasks
 
 
 def _wrong_version(raw: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 import json
 
-from data_pool import bench_pool, bench_scheduler
+from forge.bench import pool as bench_pool
+from forge.bench import scheduler as bench_scheduler
 
 
 def _rows(capsys) -> list[dict]:

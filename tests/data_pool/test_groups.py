@@ -1,7 +1,7 @@
 """Group readiness and what a failed or stale member does (group_failure = drop | partial)."""
 
 from data_pool import Scheduler, TaskStatus
-from data_pool.testing import acquire_all, complete, make_tasks
+from tests.helpers.pool import acquire_all, complete, make_tasks
 
 
 def _setup(make_pool, **cfg):

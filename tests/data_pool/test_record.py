@@ -5,8 +5,8 @@ ready for the scheduler; a task id that exists is refused with nothing written."
 import pytest
 
 from data_pool import DuplicateTaskError, Scheduler, StaleTaskError, TaskStatus
-from data_pool.testing import make_sample, make_tasks
 from forge.ground.types import Task
+from tests.helpers.pool import make_sample, make_tasks
 
 
 def test_a_recorded_task_is_leased_bound_and_trainable(pool):

@@ -3,7 +3,7 @@
 import pytest
 
 from data_pool import ClaimLostError, Scheduler, TaskStatus
-from data_pool.testing import acquire_all, complete, make_tasks
+from tests.helpers.pool import acquire_all, complete, make_tasks
 
 
 def _run(pool, n_tasks, group_size=1):

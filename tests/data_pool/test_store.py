@@ -11,8 +11,8 @@ from data_pool import (
     TaskStatus,
     UnknownTaskError,
 )
-from data_pool.testing import acquire_all, complete, make_sample, make_tasks
 from forge.ground.types import Task
+from tests.helpers.pool import acquire_all, complete, make_sample, make_tasks
 
 
 def test_submit_assigns_fifo_seq_and_groups_contiguous(pool):

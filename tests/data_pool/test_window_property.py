@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_pool import PoolConfig, Scheduler, TaskStatus, connect
-from data_pool.testing import complete
 from forge.ground.types import Task
+from tests.helpers.pool import complete
 
 OPS = [
     "acquire",

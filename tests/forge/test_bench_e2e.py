@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from forge import bench_e2e
+from forge.bench import e2e as bench_e2e
 
 HAS_TRL = all(importlib.util.find_spec(m) is not None for m in ("trl", "datasets"))
 NO_TRL = "TRL is not installed (pip install -e '.[peer]'): the --peer trl side cannot run"

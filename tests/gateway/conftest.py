@@ -1,5 +1,5 @@
 """Fixtures for the gateway tests: real engines (the built-in one, in-process) over a tiny random
-model and over scripted models (gateway.testing: real weights set to write a known reply), real
+model and over scripted models (tests.helpers.gateway: real weights set to write a known reply), real
 gateways on real sockets, and the real data pool (tests/conftest.py: `pool`)."""
 
 from __future__ import annotations
@@ -9,21 +9,21 @@ from typing import Any
 
 import pytest
 
-from gateway.testing import ANSWER_SCRIPT, TOOL_SCRIPT
+from tests.helpers.gateway import ANSWER_SCRIPT, TOOL_SCRIPT
 
 CONTEXT = 1024
 
 
 @pytest.fixture(scope="session")
 def tool_model_dir() -> Path:
-    from gateway.testing import scripted_model_dir
+    from tests.helpers.gateway import scripted_model_dir
 
     return scripted_model_dir(TOOL_SCRIPT, context=CONTEXT)
 
 
 @pytest.fixture(scope="session")
 def answer_model_dir() -> Path:
-    from gateway.testing import scripted_model_dir
+    from tests.helpers.gateway import scripted_model_dir
 
     return scripted_model_dir(ANSWER_SCRIPT, context=CONTEXT)
 

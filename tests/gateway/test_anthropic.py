@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 import httpx
 
-from gateway.testing import ADD_TOOL, assert_prefix_consistent, open_session, session_info
+from tests.helpers.gateway import ADD_TOOL, assert_prefix_consistent, open_session, session_info
 
 TOOLS = [
     {

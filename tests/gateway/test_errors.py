@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from gateway import GatewayConfig
-from gateway.testing import ADD_TOOL
+from tests.helpers.gateway import ADD_TOOL
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 MSG = {"model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}

@@ -14,7 +14,7 @@ from gateway.ledger import Ledger
 from gateway.messages import Conversation, Message, ToolCall
 from gateway.parsing import parse_reply
 from gateway.templates import ChatRenderer
-from gateway.testing import ADD_TOOL, hermes_tokenizer
+from tests.helpers.gateway import ADD_TOOL, hermes_tokenizer
 
 EOS = "<|im_end|>"
 

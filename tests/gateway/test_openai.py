@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.testing import ADD_TOOL, assert_prefix_consistent, open_session, session_info
+from tests.helpers.gateway import ADD_TOOL, assert_prefix_consistent, open_session, session_info
 
 
 def client(base_url: str) -> openai.OpenAI:

@@ -24,7 +24,7 @@ from aiohttp import web
 from forge.ground.engine_client import EngineProtocolError, parse_generate
 from gateway.router import Router
 from gateway.serving import ServedApp, serve_in_thread
-from gateway.testing import open_session, session_info
+from tests.helpers.gateway import open_session, session_info
 
 
 def test_pick_is_least_loaded_and_sticky() -> None:

@@ -15,7 +15,7 @@ import httpx
 import openai
 
 from data_pool import PoolConfig, connect
-from gateway.testing import open_session, session_info
+from tests.helpers.gateway import open_session, session_info
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -58,7 +58,7 @@ def test_forge_serve(random_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_bench_gateway_reports_its_fields(capsys: Any) -> None:
-    from gateway.bench_gateway import main
+    from forge.bench.gateway import main
 
     argv = ["--json", "--requests", "8", "--turns", "2", "--concurrency", "8", "--duration", "2"]
     assert main(argv) == 0

@@ -10,7 +10,7 @@ import openai
 
 from data_pool import TaskStatus
 from forge.ground.types import Task
-from gateway.testing import open_session, session_info, start_task
+from tests.helpers.gateway import open_session, session_info, start_task
 
 HI = [{"role": "user", "content": "hi"}]
 

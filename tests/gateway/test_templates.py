@@ -9,7 +9,7 @@ from forge.ground.models import smollm2_tokenizer_dir
 from gateway.messages import Message, ToolCall
 from gateway.parsing import parse_reply
 from gateway.templates import ChatRenderer
-from gateway.testing import ADD_TOOL, hermes_tokenizer
+from tests.helpers.gateway import ADD_TOOL, hermes_tokenizer
 
 
 @pytest.fixture(scope="module")

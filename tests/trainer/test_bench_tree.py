@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trainer.bench_tree import groups_for, main
+from forge.bench.tree import groups_for, main
 
 
 def test_groups_fill_the_merged_batch() -> None:

@@ -335,7 +335,7 @@ def run_trl(spec: dict[str, Any], out: Path, warmup: int, timeout: float) -> dic
     result_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps({**spec, "result": str(result_path), "work": str(out / "trl_out")}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    cmd = [sys.executable, "-m", "forge.bench_e2e", "--trl-child", str(spec_path)]
+    cmd = [sys.executable, "-m", "forge.bench.e2e", "--trl-child", str(spec_path)]
     started = time.perf_counter()
     rc = _run(cmd, log, env, timeout)
     if rc != 0 or not result_path.exists():

@@ -29,11 +29,10 @@ import time
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from data_pool.bench_common import bench_pool, emit, err, reconfigure
 from data_pool.scheduler import Batch, Scheduler
 from data_pool.store import DataPool
-from data_pool.testing import make_sample
-from forge.ground.types import Task
+from forge.bench.pool_common import bench_pool, emit, err, reconfigure
+from forge.ground.types import Sample, Task
 
 COLUMNS = [
     ("mode", "mode", ""),
@@ -50,6 +49,19 @@ COLUMNS = [
     ("slot_utilization", "slots busy", ".2f"),
     ("wall_s", "wall s", ".1f"),
 ]
+
+
+def _sample(task_id: str, session_id: str, weight_version: int) -> Sample:
+    """One small model call: the simulation times the scheduler, not the payload."""
+    return Sample(
+        task_id=task_id,
+        session_id=session_id,
+        turn=0,
+        prompt_ids=[1, 2, 3, 2**31 - 1],
+        completion_ids=[0, 1, 2],
+        logprobs=[-0.5] * 3,
+        weight_version=weight_version,
+    )
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -138,7 +150,7 @@ class Sim:
                 _, seq, task = heapq.heappop(gen)
                 sid = f"s-{task.id}"
                 pool.open_session(task.id, sid)
-                pool.append_sample(make_sample(task.id, sid, weight_version=version))
+                pool.append_sample(_sample(task.id, sid, version))
                 pool.set_reward(task.id, 1.0)
                 pool.finish(task.id, attempt=task.attempt)
         return {

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from rich.progress import Progress
 
-from data_pool.bench_common import bench_pool, emit, err, reconfigure
 from data_pool.scheduler import Scheduler
 from data_pool.store import DataPool
+from forge.bench.pool_common import bench_pool, emit, err, reconfigure
 from forge.ground.types import Sample, Task, encode
 
 COLUMNS = [
