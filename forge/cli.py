@@ -24,7 +24,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "trainer": ("forge.bench.trainer:main", "tokens/s and MFU of a full DeepSpeed train step"),
     "scheduler": ("forge.bench.scheduler:main", "windowed-FIFO vs strict vs greedy simulation"),
     "pool": ("forge.bench.pool:main", "samples/s through the pool API vs redis-benchmark"),
-    "engine": ("gateway.engines.bench_engine:main", "built-in engine tokens/s vs model.generate"),
+    "engine": ("forge.bench.engine:main", "built-in engine tokens/s vs model.generate"),
     "gateway": ("forge.bench.gateway:main", "gateway overhead over a direct engine call"),
     "e2e": ("forge.bench.e2e:main", "forge launch end to end: trained tokens/s, time per phase (--peer trl)"),
 }

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gateway.engines import bench_engine
-from gateway.engines.bench_engine import Multiturn, kv_report, percentile, stats_delta
+from forge.bench import engine as bench_engine
+from forge.bench.engine import Multiturn, kv_report, percentile, stats_delta
 
 K, T, C, P, G, N = 3, 8, 8, 12, 2, 4
 FIELDS = {

@@ -81,7 +81,7 @@ def prompts_for(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 
 
 def time_engine(url: str, prompts: list[list[int]], new_tokens: int) -> tuple[float, int]:
-    from gateway.engines.client import EngineClient
+    from forge.ground.engine_client import EngineClient
 
     sp = {"max_new_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}
 
@@ -429,7 +429,7 @@ async def run_multiturn(
     log: Any = None,
 ) -> dict[str, Any]:
     """Run the episodes of `spec` against the engine at `url`; raw figures (see summarize)."""
-    from gateway.engines.client import EngineClient
+    from forge.ground.engine_client import EngineClient
 
     sem = asyncio.Semaphore(concurrency)
     calls: list[dict[str, Any]] = []
@@ -501,7 +501,7 @@ def summarize(spec: Multiturn, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model_info(url: str) -> dict[str, Any]:
-    from gateway.engines.client import SyncEngineClient
+    from forge.ground.engine_client import SyncEngineClient
 
     return SyncEngineClient(url, timeout=30).get_model_info()
 
@@ -568,7 +568,7 @@ def multiturn_main(argv: list[str]) -> int:
                 run_multiturn(url, warm, args.concurrency, args.temperature, args.call_timeout, 0)
             )
             log(f"warm-up: {len(raw['calls'])} calls in {raw['wall_s']:.1f}s")
-            from gateway.engines.client import SyncEngineClient
+            from forge.ground.engine_client import SyncEngineClient
 
             SyncEngineClient(url, timeout=60).flush_cache()
         if handle is not None and cuda:
