@@ -12,9 +12,10 @@ Errors are typed: `EngineUnavailableError` when the engine cannot be reached or 
 503 (the gateway turns it into a 503), `EngineRequestError` for a 4xx (bad input: the engine's
 message is kept), `EngineProtocolError` for an answer that does not parse.
 
-`EngineClient` is async (`forge.ground.engine_http.LeanHTTP` for http://, aiohttp for https://).
-`SyncEngineClient` is a blocking twin built on the standard library, for scripts, the trainer and
-tests that are not async.
+Each route is written once (`EngineRoutes`: it builds an `EngineRequest`); `EngineClient` sends
+it asynchronously (`forge.ground.engine_http.LeanHTTP` for http://, aiohttp for https://),
+`SyncEngineClient` blocking with the standard library, for scripts, the trainer and tests that
+are not async.
 
 Sampling parameters use SGLang's names, e.g. ``{"max_new_tokens": 64, "temperature": 0.7,
 "top_p": 0.9, "top_k": 50, "min_p": 0.0, "stop": ["\\n\\n"], "stop_token_ids": [2],
@@ -29,6 +30,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,13 +218,171 @@ def _raise_for_status(status: int, text: str) -> Any:
     return body
 
 
-class EngineClient:
+@dataclass(frozen=True)
+class EngineRequest:
+    """One call of the engine protocol, built once for both clients: `parse` turns the decoded
+    JSON answer into what the route method returns."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    timeout: float | None = None
+    parse: Callable[[Any], Any] = lambda data: data
+
+
+def _weight_version(body: dict[str, Any], weight_version: str | None) -> dict[str, Any]:
+    if weight_version is not None:
+        body["weight_version"] = str(weight_version)
+    return body
+
+
+class EngineRoutes:
+    """The protocol's routes, each written once: a method builds its `EngineRequest` and hands it
+    to `self._send`, which `EngineClient` performs asynchronously (the method returns an
+    awaitable) and `SyncEngineClient` blocking."""
+
+    def _send(self, req: EngineRequest) -> Any:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        input_ids: list[int],
+        sampling_params: dict[str, Any] | None = None,
+        rid: str | None = None,
+        return_logprob: bool = True,
+    ) -> Any:
+        """POST /generate with token ids; returns a GenerateResult: output ids, one log-prob per
+        output token, etc."""
+        body = generate_body(input_ids, sampling_params, rid, return_logprob)
+        return self._send(
+            EngineRequest("POST", "/generate", body, parse=lambda data: parse_generate(data, return_logprob))
+        )
+
+    def abort(self, rid: str | None = None, abort_all: bool = False) -> Any:
+        """POST /abort_request: abort one request by rid (or all). Its generate call returns
+        with finish_reason "abort" and the tokens made so far. Returns None."""
+        body: dict[str, Any] = {"rid": rid or "", "abort_all": bool(abort_all)}
+        return self._send(EngineRequest("POST", "/abort_request", body, parse=lambda _: None))
+
+    def update_weights_from_disk(
+        self,
+        model_path: str,
+        weight_version: str | None = None,
+        abort_all_requests: bool = False,
+        flush_cache: bool = True,
+    ) -> Any:
+        """POST /update_weights_from_disk: load a safetensors directory in place."""
+        body: dict[str, Any] = {
+            "model_path": str(model_path),
+            "abort_all_requests": abort_all_requests,
+            "flush_cache": flush_cache,
+        }
+        return self._send(
+            EngineRequest("POST", "/update_weights_from_disk", _weight_version(body, weight_version))
+        )
+
+    def init_weights_update_group(
+        self,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str = DEFAULT_GROUP_NAME,
+        backend: str = "nccl",
+    ) -> Any:
+        """POST /init_weights_update_group: the engine joins a torch.distributed group in which the
+        trainer is rank 0 and this engine rank `rank_offset`. Returns once the group is formed, so
+        the trainer must join concurrently (see forge.ground.weight_sync)."""
+        body = {
+            "master_address": master_address,
+            "master_port": int(master_port),
+            "rank_offset": int(rank_offset),
+            "world_size": int(world_size),
+            "group_name": group_name,
+            "backend": backend,
+        }
+        return self._send(EngineRequest("POST", "/init_weights_update_group", body))
+
+    def destroy_weights_update_group(self, group_name: str = DEFAULT_GROUP_NAME) -> Any:
+        """POST /destroy_weights_update_group."""
+        return self._send(EngineRequest("POST", "/destroy_weights_update_group", {"group_name": group_name}))
+
+    def update_weights_from_distributed(
+        self,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        group_name: str = DEFAULT_GROUP_NAME,
+        weight_version: str | None = None,
+        flush_cache: bool = True,
+        abort_all_requests: bool = False,
+    ) -> Any:
+        """POST /update_weights_from_distributed: the engine receives one broadcast (src rank 0) per
+        name, in order, with the given dtypes ("bfloat16", "float32", ...) and shapes. Returns when
+        all are received and loaded; the trainer broadcasts concurrently (forge.ground.weight_sync)."""
+        body: dict[str, Any] = {
+            "names": list(names),
+            "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
+            "shapes": [[int(x) for x in s] for s in shapes],
+            "group_name": group_name,
+            "flush_cache": flush_cache,
+            "abort_all_requests": abort_all_requests,
+        }
+        return self._send(
+            EngineRequest("POST", "/update_weights_from_distributed", _weight_version(body, weight_version))
+        )
+
+    def update_weights_from_tensor(
+        self,
+        serialized_named_tensors: list[str],
+        load_format: str,
+        weight_version: str | None = None,
+        flush_cache: bool = True,
+        abort_all_requests: bool = False,
+    ) -> Any:
+        """POST /update_weights_from_tensor: one serialized bucket per entry. The built-in engine
+        takes load_format="forge_cuda_ipc" (base64 msgpack with a CUDA IPC handle, see
+        forge.ground.cuda_ipc); it never accepts SGLang's pickled formats."""
+        body: dict[str, Any] = {
+            "serialized_named_tensors": list(serialized_named_tensors),
+            "load_format": load_format,
+            "flush_cache": flush_cache,
+            "abort_all_requests": abort_all_requests,
+        }
+        return self._send(
+            EngineRequest("POST", "/update_weights_from_tensor", _weight_version(body, weight_version))
+        )
+
+    def pause_generation(self, mode: str = "in_place") -> Any:
+        """POST /pause_generation. mode: "in_place" (keep requests and KV, stop stepping),
+        "retract" (same here), or "abort" (SGLang's default: abort everything in flight)."""
+        return self._send(EngineRequest("POST", "/pause_generation", {"mode": mode}))
+
+    def continue_generation(self) -> Any:
+        """POST /continue_generation."""
+        return self._send(EngineRequest("POST", "/continue_generation", {}))
+
+    def flush_cache(self) -> Any:
+        """POST /flush_cache (prefix cache; SGLang refuses while requests run). Returns None."""
+        return self._send(EngineRequest("POST", "/flush_cache", parse=lambda _: None))
+
+    def get_model_info(self) -> Any:
+        """GET /get_model_info: model_path, weight_version, is_generation, ..."""
+        return self._send(EngineRequest("GET", "/get_model_info"))
+
+
+def _health_request(timeout: float) -> EngineRequest:
+    return EngineRequest("GET", "/health", timeout=timeout, parse=lambda _: True)
+
+
+class EngineClient(EngineRoutes):
     """Async client of one engine (SGLang or built-in) at `base_url`, e.g. http://127.0.0.1:30000.
 
-    Plain-http engines are spoken to through `LeanHTTP` (keep-alive streams, the gateway's hot
-    path); https ones through aiohttp. Connections belong to the event loop that made them: a
-    client used from another loop starts afresh. Call `aclose()` when done (or use `async with`).
-    `timeout` bounds each call in seconds (None: no limit; generation can be long).
+    Every route method (EngineRoutes) returns an awaitable. Plain-http engines are spoken to
+    through `LeanHTTP` (keep-alive streams, the gateway's hot path); https ones through aiohttp.
+    Connections belong to the event loop that made them: a client used from another loop starts
+    afresh. Call `aclose()` when done (or use `async with`). `timeout` bounds each call in seconds
+    (None: no limit; generation can be long).
     """
 
     def __init__(self, base_url: str, timeout: float | None = None, api_key: str | None = None) -> None:
@@ -263,6 +423,9 @@ class EngineClient:
             await self._session.close()
         self._lean, self._session = None, None
 
+    async def _send(self, req: EngineRequest) -> Any:
+        return req.parse(await self._request(req.method, req.path, req.body, req.timeout))
+
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
@@ -285,106 +448,10 @@ class EngineClient:
         except (TimeoutError, OSError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise EngineUnavailableError(f"engine at {self.base_url} unreachable: {exc!r}") from exc
 
-    async def generate(
-        self,
-        input_ids: list[int],
-        sampling_params: dict[str, Any] | None = None,
-        rid: str | None = None,
-        return_logprob: bool = True,
-    ) -> GenerateResult:
-        """POST /generate with token ids; returns output ids, one log-prob per output token, etc."""
-        body = generate_body(input_ids, sampling_params, rid, return_logprob)
-        data = await self._request("POST", "/generate", body)
-        return parse_generate(data, return_logprob)
-
-    async def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
-        """POST /abort_request: abort one request by rid (or all). Its generate call returns
-        with finish_reason "abort" and the tokens made so far."""
-        body: dict[str, Any] = {"rid": rid or "", "abort_all": bool(abort_all)}
-        await self._request("POST", "/abort_request", body)
-
-    async def update_weights_from_disk(
-        self,
-        model_path: str,
-        weight_version: str | None = None,
-        abort_all_requests: bool = False,
-        flush_cache: bool = True,
-    ) -> dict[str, Any]:
-        """POST /update_weights_from_disk: load a safetensors directory in place."""
-        body: dict[str, Any] = {
-            "model_path": str(model_path),
-            "abort_all_requests": abort_all_requests,
-            "flush_cache": flush_cache,
-        }
-        if weight_version is not None:
-            body["weight_version"] = str(weight_version)
-        return await self._request("POST", "/update_weights_from_disk", body)
-
-    async def init_weights_update_group(
-        self,
-        master_address: str,
-        master_port: int,
-        rank_offset: int,
-        world_size: int,
-        group_name: str = DEFAULT_GROUP_NAME,
-        backend: str = "nccl",
-    ) -> dict[str, Any]:
-        """POST /init_weights_update_group: the engine joins a torch.distributed group in which the
-        trainer is rank 0 and this engine rank `rank_offset`. Returns once the group is formed, so
-        the trainer must join concurrently (see forge.ground.weight_sync)."""
-        body = {
-            "master_address": master_address,
-            "master_port": int(master_port),
-            "rank_offset": int(rank_offset),
-            "world_size": int(world_size),
-            "group_name": group_name,
-            "backend": backend,
-        }
-        return await self._request("POST", "/init_weights_update_group", body)
-
-    async def destroy_weights_update_group(self, group_name: str = DEFAULT_GROUP_NAME) -> dict[str, Any]:
-        """POST /destroy_weights_update_group."""
-        return await self._request("POST", "/destroy_weights_update_group", {"group_name": group_name})
-
-    async def update_weights_from_distributed(
-        self,
-        names: list[str],
-        dtypes: list[str],
-        shapes: list[list[int]],
-        group_name: str = DEFAULT_GROUP_NAME,
-        weight_version: str | None = None,
-        flush_cache: bool = True,
-        abort_all_requests: bool = False,
-    ) -> dict[str, Any]:
-        """POST /update_weights_from_distributed: the engine receives one broadcast (src rank 0) per
-        name, in order, with the given dtypes ("bfloat16", "float32", ...) and shapes. Returns when
-        all are received and loaded; the trainer broadcasts concurrently (forge.ground.weight_sync)."""
-        body: dict[str, Any] = {
-            "names": list(names),
-            "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
-            "shapes": [[int(x) for x in s] for s in shapes],
-            "group_name": group_name,
-            "flush_cache": flush_cache,
-            "abort_all_requests": abort_all_requests,
-        }
-        if weight_version is not None:
-            body["weight_version"] = str(weight_version)
-        return await self._request("POST", "/update_weights_from_distributed", body)
-
-    async def pause_generation(self, mode: str = "in_place") -> dict[str, Any]:
-        """POST /pause_generation. mode: "in_place" (keep requests and KV, stop stepping),
-        "retract" (same here), or "abort" (SGLang's default: abort everything in flight)."""
-        return await self._request("POST", "/pause_generation", {"mode": mode})
-
-    async def continue_generation(self) -> dict[str, Any]:
-        """POST /continue_generation."""
-        return await self._request("POST", "/continue_generation", {})
-
     async def health(self, timeout: float = 5.0) -> bool:
         """GET /health: True when the engine answers 200, False when it is down or not ready."""
         try:
-            await self._request("GET", "/health", timeout=timeout)
-            return True
+            return bool(await self._send(_health_request(timeout)))
         except (EngineUnavailableError, EngineRequestError):
             return False
 
@@ -396,22 +463,17 @@ class EngineClient:
                 raise EngineUnavailableError(f"engine at {self.base_url} not healthy after {timeout}s")
             await asyncio.sleep(interval)
 
-    async def flush_cache(self) -> None:
-        """POST /flush_cache (prefix cache; SGLang refuses while requests run)."""
-        await self._request("POST", "/flush_cache")
 
-    async def get_model_info(self) -> dict[str, Any]:
-        """GET /get_model_info: model_path, weight_version, is_generation, ..."""
-        return await self._request("GET", "/get_model_info")
-
-
-class SyncEngineClient:
-    """Blocking twin of EngineClient (standard library only)."""
+class SyncEngineClient(EngineRoutes):
+    """Blocking form of EngineClient (standard library only): the same routes, sent by urllib."""
 
     def __init__(self, base_url: str, timeout: float | None = 600.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.api_key = api_key
+
+    def _send(self, req: EngineRequest) -> Any:
+        return req.parse(self._request(req.method, req.path, req.body, req.timeout))
 
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
@@ -430,122 +492,17 @@ class SyncEngineClient:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             raise EngineUnavailableError(f"engine at {self.base_url} unreachable: {exc!r}") from exc
 
-    def generate(
-        self,
-        input_ids: list[int],
-        sampling_params: dict[str, Any] | None = None,
-        rid: str | None = None,
-        return_logprob: bool = True,
-    ) -> GenerateResult:
-        body = generate_body(input_ids, sampling_params, rid, return_logprob)
-        return parse_generate(self._request("POST", "/generate", body), return_logprob)
-
-    def abort(self, rid: str | None = None, abort_all: bool = False) -> None:
-        self._request("POST", "/abort_request", {"rid": rid or "", "abort_all": bool(abort_all)})
-
-    def update_weights_from_disk(
-        self,
-        model_path: str,
-        weight_version: str | None = None,
-        abort_all_requests: bool = False,
-        flush_cache: bool = True,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model_path": str(model_path),
-            "abort_all_requests": abort_all_requests,
-            "flush_cache": flush_cache,
-        }
-        if weight_version is not None:
-            body["weight_version"] = str(weight_version)
-        return self._request("POST", "/update_weights_from_disk", body)
-
-    def init_weights_update_group(
-        self,
-        master_address: str,
-        master_port: int,
-        rank_offset: int,
-        world_size: int,
-        group_name: str = DEFAULT_GROUP_NAME,
-        backend: str = "nccl",
-    ) -> dict[str, Any]:
-        body = {
-            "master_address": master_address,
-            "master_port": int(master_port),
-            "rank_offset": int(rank_offset),
-            "world_size": int(world_size),
-            "group_name": group_name,
-            "backend": backend,
-        }
-        return self._request("POST", "/init_weights_update_group", body)
-
-    def destroy_weights_update_group(self, group_name: str = DEFAULT_GROUP_NAME) -> dict[str, Any]:
-        return self._request("POST", "/destroy_weights_update_group", {"group_name": group_name})
-
-    def update_weights_from_distributed(
-        self,
-        names: list[str],
-        dtypes: list[str],
-        shapes: list[list[int]],
-        group_name: str = DEFAULT_GROUP_NAME,
-        weight_version: str | None = None,
-        flush_cache: bool = True,
-        abort_all_requests: bool = False,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "names": list(names),
-            "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
-            "shapes": [[int(x) for x in s] for s in shapes],
-            "group_name": group_name,
-            "flush_cache": flush_cache,
-            "abort_all_requests": abort_all_requests,
-        }
-        if weight_version is not None:
-            body["weight_version"] = str(weight_version)
-        return self._request("POST", "/update_weights_from_distributed", body)
-
-    def update_weights_from_tensor(
-        self,
-        serialized_named_tensors: list[str],
-        load_format: str,
-        weight_version: str | None = None,
-        flush_cache: bool = True,
-        abort_all_requests: bool = False,
-    ) -> dict[str, Any]:
-        """POST /update_weights_from_tensor: one serialized bucket per entry. The built-in engine
-        takes load_format="forge_cuda_ipc" (base64 msgpack with a CUDA IPC handle, see
-        forge.ground.cuda_ipc); it never accepts SGLang's pickled formats."""
-        body: dict[str, Any] = {
-            "serialized_named_tensors": list(serialized_named_tensors),
-            "load_format": load_format,
-            "flush_cache": flush_cache,
-            "abort_all_requests": abort_all_requests,
-        }
-        if weight_version is not None:
-            body["weight_version"] = str(weight_version)
-        return self._request("POST", "/update_weights_from_tensor", body)
-
-    def pause_generation(self, mode: str = "in_place") -> dict[str, Any]:
-        return self._request("POST", "/pause_generation", {"mode": mode})
-
-    def continue_generation(self) -> dict[str, Any]:
-        return self._request("POST", "/continue_generation", {})
-
     def health(self, timeout: float = 5.0) -> bool:
+        """GET /health: True when the engine answers 200, False when it is down or not ready."""
         try:
-            self._request("GET", "/health", timeout=timeout)
-            return True
+            return bool(self._send(_health_request(timeout)))
         except (EngineUnavailableError, EngineRequestError):
             return False
 
     def wait_healthy(self, timeout: float = 120.0, interval: float = 0.2) -> None:
+        """Poll /health until it answers 200; EngineUnavailableError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while not self.health(timeout=min(5.0, timeout)):
             if time.monotonic() > deadline:
                 raise EngineUnavailableError(f"engine at {self.base_url} not healthy after {timeout}s")
             time.sleep(interval)
-
-    def flush_cache(self) -> None:
-        self._request("POST", "/flush_cache")
-
-    def get_model_info(self) -> dict[str, Any]:
-        return self._request("GET", "/get_model_info")

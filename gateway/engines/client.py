@@ -1,6 +1,6 @@
 """The engine protocol client now lives in the ground layer: `forge.ground.engine_client`.
 
-Kept as an import path for code that still names it (tests/engines/test_prefix_cache.py).
+Kept as an import path for tests/engines/test_prefix_cache.py, which still names it.
 """
 
 from forge.ground.engine_client import (  # noqa: F401
