@@ -1,4 +1,5 @@
 """The train engine: one DeepSpeed rank that turns a batch of Episodes into one optimizer step.
+(Its set-up helpers: trainer/deepspeed_setup.py; its DeepSpeed patches: trainer/deepspeed_patches.py.)
 
 Plain Python, no Ray: `Trainer(cfg, algo).train_step(episodes)`. Under data parallelism every
 rank receives the whole batch (advantages and the token normaliser need all of it), then keeps
@@ -17,7 +18,6 @@ import copy
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -31,6 +31,16 @@ from forge.ground.types import Episode
 from trainer.advantages import compute_advantages
 from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_microbatches
 from trainer.config import AlgoConfig, TrainerConfig
+from trainer.deepspeed_patches import fuse_clip_into_adam, fuse_grad_norm, fuse_overflow_check
+from trainer.deepspeed_setup import (
+    deepspeed_config,
+    free_port,
+    node_ip,
+    reference_config,
+    resolve_backend,
+    resolve_device,
+    resolve_precision,
+)
 from trainer.losses import check_algo, normalisation
 from trainer.model_setup import prepare_for_training
 from trainer.step import forward_backward
@@ -39,197 +49,6 @@ log = logging.getLogger("forge.trainer")
 
 SUMMED = ("loss", "trained_tokens", "tree_tokens", "flat_tokens")
 TOKEN_MEANS = ("clip_fraction", "masked_fraction", "entropy", "is_ratio_mean")
-
-
-def resolve_device(cfg: TrainerConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device not in ("cpu", "cuda"):
-        raise ValueError(f"trainer.device={cfg.device!r}: expected auto, cpu or cuda")
-    return cfg.device
-
-
-def resolve_backend(cfg: TrainerConfig, device: str) -> tuple[str, bool]:
-    """(attention kernel, merge?) from trainer.backend."""
-    kernel = "flex" if device == "cuda" else "sdpa_dense"
-    if cfg.backend == "auto":
-        return kernel, True
-    if cfg.backend == "flat":
-        return kernel, False
-    if cfg.backend in ("sdpa_dense", "flex"):
-        if cfg.backend == "flex" and device != "cuda":
-            raise ValueError("trainer.backend='flex' needs CUDA (FlexAttention has no CPU backward)")
-        return cfg.backend, True
-    raise ValueError(f"trainer.backend={cfg.backend!r}: expected auto, sdpa_dense, flex or flat")
-
-
-def resolve_precision(cfg: TrainerConfig, device: str) -> str:
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"trainer.precision={cfg.precision!r}: expected auto, fp32 or bf16")
-    return precision
-
-
-def _fuse_overflow_check(optimizer: Any) -> None:
-    """Replace ZeRO-1/2's per-gradient overflow scan by one fused pass.
-
-    DeepSpeed tests each gradient partition with its own amax/amin/isfinite kernels (~7 launches
-    per tensor: ~2,200 launches and ~40 ms of host time per step for a 0.6B model with 310
-    tensors). The same question, "is any gradient non-finite", is answered by the fp32 norms of
-    all of them in one multi-tensor kernel: a norm is finite iff every element is (fp32 squares
-    overflow only for elements above ~1e19). Same return value as DeepSpeed's method: a bool
-    tensor of shape [1] on the device."""
-    if not hasattr(optimizer, "has_overflow_partitioned_grads_serial") or not hasattr(
-        optimizer, "averaged_gradients"
-    ):
-        return
-
-    def has_overflow_partitioned_grads_serial() -> torch.Tensor:
-        grads = [
-            g
-            for i in range(len(optimizer.bit16_groups))
-            for g in (optimizer.averaged_gradients[i] or [])
-            if g is not None and g.numel()
-        ]
-        if not grads:
-            return torch.zeros(1, dtype=torch.bool, device=torch.device(str(optimizer.device)))
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        return (~torch.isfinite(torch.stack(norms))).any().reshape(1)
-
-    optimizer.has_overflow_partitioned_grads_serial = has_overflow_partitioned_grads_serial
-
-
-def _fuse_grad_norm(optimizer: Any) -> None:
-    """Replace ZeRO-1/2's per-gradient L2 norm by one multi-tensor kernel.
-
-    DeepSpeed's `get_grad_norm_direct` upcasts each gradient to fp64 and takes its norm, one
-    tensor at a time (~310 copies + ~310 norm kernels, ~17 ms of host time per step for a 0.6B
-    model, which the GPU waits on). `torch._foreach_norm` takes every per-tensor norm in one
-    launch, accumulating in fp32; the per-tensor norms are then combined in fp64 as before.
-    Same inclusion rules (zero padding and pipeline-replicated parameters skipped), the same
-    all-reduces, and the same non-finite masking as the original; other norm types, model
-    parallelism and CPU offload keep DeepSpeed's own code."""
-    original = getattr(optimizer, "get_grad_norm_direct", None)
-    if original is None or getattr(optimizer, "model_parallel_rank", 0) != 0:
-        return
-    from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
-
-    def get_grad_norm_direct(gradients, params, norm_type=2):
-        if float(norm_type) != 2.0:
-            return original(gradients, params, norm_type)
-        grads = (g for g in gradients if not getattr(g, "_zero_padding", False))
-        kept = [
-            g.detach()
-            for g, p in zip(grads, params, strict=False)  # as DeepSpeed pairs them
-            if not getattr(p, "ds_pipe_replicated", False) and g.numel()
-        ]
-        device = torch.device(str(optimizer.device))
-        if kept:
-            norms = torch.stack(torch._foreach_norm(kept, 2, dtype=torch.float32)).double()
-            total = norms.pow(2).sum().float().to(device)
-        else:
-            total = torch.zeros((), dtype=torch.float32, device=device)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=optimizer.dp_process_group)
-        optimizer._model_parallel_all_reduce(tensor=total, op=dist.ReduceOp.SUM)
-        total = total.pow(0.5)
-        mask_nan_or_inf_with_val_inplace(total, device=optimizer.device)
-        return total
-
-    optimizer.get_grad_norm_direct = get_grad_norm_direct
-
-
-def _fuse_clip_into_adam(optimizer: Any) -> None:
-    """Let torch's fused AdamW apply ZeRO-1/2's clip scale instead of a separate pass.
-
-    DeepSpeed's `unscale_and_clip_grads` multiplies the fp32 gradient partition by 1/scale
-    (scale = loss scale × clip factor) before the optimizer reads it: one more read and write of
-    4 bytes per parameter (1.7 ms per step for a 0.6B model on an H200). The fused AdamW kernel
-    already divides each gradient by its `grad_scale` tensor (the hook torch's GradScaler uses),
-    so the same scale, computed as DeepSpeed computes it, is handed to the kernel instead."""
-    inner = getattr(optimizer, "optimizer", None)
-    if (
-        not isinstance(inner, torch.optim.Adam)  # AdamW subclasses Adam
-        or not inner.defaults.get("fused")
-        or not hasattr(optimizer, "unscale_and_clip_grads")
-        or getattr(optimizer, "torch_autocast_gradscaler", None)
-        or getattr(optimizer, "cpu_offload", False)
-    ):
-        return
-
-    def unscale_and_clip_grads(grad_groups_flat, total_norm):
-        inner.grad_scale = None
-        clip, loss_scale = optimizer.clip_grad, optimizer.loss_scale
-        if clip == 0.0 and loss_scale == 1.0:
-            return
-        device = torch.device(str(optimizer.device))
-        scale = torch.as_tensor(loss_scale, dtype=torch.float32, device=device)
-        if clip > 0.0:
-            norm = torch.as_tensor(total_norm, dtype=torch.float32, device=device)
-            norm = torch.where(torch.isfinite(norm) & (norm >= 0), norm, float("inf"))  # as DeepSpeed
-            scale = torch.clamp((norm / loss_scale + 1e-6) / clip, min=1.0) * loss_scale
-        inner.grad_scale = scale.reshape(1)
-
-    optimizer.unscale_and_clip_grads = unscale_and_clip_grads
-
-
-def _node_ip() -> str:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.util.get_node_ip_address()
-    except ImportError:
-        pass
-    return "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deepspeed_config(
-    cfg: TrainerConfig, precision: str, world_size: int, device: str = "cpu"
-) -> dict[str, Any]:
-    if cfg.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"trainer.zero_stage={cfg.zero_stage}: expected 0, 1, 2 or 3")
-    if "stage" in cfg.zero_options:
-        raise ValueError(
-            "trainer.zero_options: set the stage with trainer.zero_stage, not zero_options.stage"
-        )
-    return {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": world_size,
-        "gradient_clipping": cfg.grad_clip,
-        "steps_per_print": 10**9,
-        "zero_optimization": {**cfg.zero_options, "stage": cfg.zero_stage},
-        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},
-        "optimizer": {
-            "type": "AdamW",
-            "params": {
-                "lr": cfg.lr,
-                "betas": [cfg.beta1, cfg.beta2],
-                "eps": cfg.adam_eps,
-                "weight_decay": cfg.weight_decay,
-                "torch_adam": True,  # torch.optim.AdamW: no JIT-built op needed
-                **({"fused": True} if device == "cuda" else {}),  # one fused kernel for the update
-            },
-        },
-        "wall_clock_breakdown": False,
-    }
-
-
-def reference_config(precision: str, world_size: int) -> dict[str, Any]:
-    """DeepSpeed for the frozen KL reference under ZeRO-3: partitioned weights, no optimizer."""
-    return {
-        "train_micro_batch_size_per_gpu": 1,
-        "train_batch_size": world_size,
-        "steps_per_print": 10**9,
-        "zero_optimization": {"stage": 3},
-        "bf16": {"enabled": precision == "bf16"},
-    }
 
 
 def shard_samples(samples: Sequence[TrainSample], rank: int, world: int) -> list[TrainSample]:
@@ -314,10 +133,10 @@ class Trainer:
                 reference = reference.to(self.engine.device, dtype)
             self.reference = reference.eval()
         if cfg.zero_stage in (1, 2):
-            _fuse_overflow_check(self.engine.optimizer)
+            fuse_overflow_check(self.engine.optimizer)
             if not getattr(self.engine.optimizer, "cpu_offload", False):
-                _fuse_grad_norm(self.engine.optimizer)
-            _fuse_clip_into_adam(self.engine.optimizer)
+                fuse_grad_norm(self.engine.optimizer)
+            fuse_clip_into_adam(self.engine.optimizer)
         self.step = 0
         self.skipped_steps = 0
         self._sync_group: dist.ProcessGroup | None = None  # weight-update group, formed on first sync
@@ -495,7 +314,7 @@ class Trainer:
             try:
                 if remote and self._sync_group is None:
                     backend = "nccl" if self.device == "cuda" else "gloo"
-                    self._sync_group = weight_sync.connect_engines(remote, _node_ip(), free_port(), backend)
+                    self._sync_group = weight_sync.connect_engines(remote, node_ip(), free_port(), backend)
                 info.update(
                     weight_sync.push_weights(remote, self._sync_group, named, str(version), ipc_urls=local)
                 )
@@ -526,7 +345,8 @@ class Trainer:
 
         cache = self._engine_uuids
         mine = device_uuid()
-        remote, local = [], []
+        remote: list[str] = []
+        local: list[str] = []
         for url in urls:
             if url not in cache:
                 cache[url] = str(SyncEngineClient(url, timeout=60).get_model_info().get("device_uuid") or "")

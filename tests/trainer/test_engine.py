@@ -36,7 +36,7 @@ def test_nonfinite_loss_skips_the_step(stage):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_one_infinite_gradient_element_skips_the_step(stage):
-    """The fused overflow check (trainer.engine._fuse_overflow_check) sees a single inf among
+    """The fused overflow check (trainer.deepspeed_patches.fuse_overflow_check) sees a single inf among
     millions of finite gradient elements, and lets finite steps through."""
     tr = Trainer(TrainerConfig(model="tiny", zero_stage=stage, lr=1e-2), AlgoConfig())
     assert "has_overflow_partitioned_grads_serial" in vars(tr.engine.optimizer), (
@@ -57,7 +57,7 @@ def test_one_infinite_gradient_element_skips_the_step(stage):
 def test_fused_overflow_check_answers_like_deepspeed():
     from types import SimpleNamespace
 
-    from trainer.engine import _fuse_overflow_check
+    from trainer.deepspeed_patches import fuse_overflow_check
 
     grads = [torch.randn(1000), torch.randn(3, 7), torch.empty(0)]
     opt = SimpleNamespace(
@@ -66,7 +66,7 @@ def test_fused_overflow_check_answers_like_deepspeed():
         device="cpu",
         has_overflow_partitioned_grads_serial=None,
     )
-    _fuse_overflow_check(opt)
+    fuse_overflow_check(opt)
     check = opt.has_overflow_partitioned_grads_serial
     assert check().shape == (1,) and not check().item()
     for bad in (float("inf"), float("-inf"), float("nan")):
@@ -78,7 +78,7 @@ def test_fused_overflow_check_answers_like_deepspeed():
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_fused_grad_norm_answers_like_deepspeed(stage):
-    """trainer.engine._fuse_grad_norm gives DeepSpeed's own gradient norm (fp64 per tensor, one
+    """trainer.deepspeed_patches.fuse_grad_norm gives DeepSpeed's own gradient norm (fp64 per tensor, one
     at a time) to fp32 rounding, on a real ZeRO optimizer's gradients, and masks a non-finite
     norm the same way."""
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
@@ -99,7 +99,7 @@ def test_fused_grad_norm_answers_like_deepspeed(stage):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_clip_in_fused_adam_steps_like_deepspeed(stage, monkeypatch):
-    """trainer.engine._fuse_clip_into_adam: with the clip scale handed to torch's fused AdamW as
+    """trainer.deepspeed_patches.fuse_clip_into_adam: with the clip scale handed to torch's fused AdamW as
     its grad_scale, two clipped steps leave the same weights as DeepSpeed's own separate clip pass
     (fused AdamW on CPU here, as on CUDA in production). A large Adam eps makes the update depend
     on the gradient's scale, so a clip that was dropped would show (checked against no clip)."""
@@ -115,7 +115,7 @@ def test_clip_in_fused_adam_steps_like_deepspeed(stage, monkeypatch):
     monkeypatch.setattr(engine, "deepspeed_config", fused_config)
     cfg = TrainerConfig(model="tiny", zero_stage=stage, lr=1e-2, grad_clip=1e-3, adam_eps=1e-4)
     ours = Trainer(cfg, AlgoConfig())
-    monkeypatch.setattr(engine, "_fuse_clip_into_adam", lambda optimizer: None)
+    monkeypatch.setattr(engine, "fuse_clip_into_adam", lambda optimizer: None)
     theirs = Trainer(cfg, AlgoConfig())
     unclipped = Trainer(TrainerConfig(**{**vars(cfg), "grad_clip": 0.0}), AlgoConfig())
     assert "unscale_and_clip_grads" in vars(ours.engine.optimizer)
