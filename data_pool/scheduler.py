@@ -189,7 +189,7 @@ class Scheduler:
             "dropped_stale": dropped_stale,
             "failed": failed,
         }
-        cols = {
+        cols: dict[str, list[float]] = {
             "out_of_order": [c.out_of_order for c in batch.claims],
             "lag_tasks": [c.lag_tasks for c in batch.claims],
             "lag_versions": [c.lag_versions for c in batch.claims],

@@ -226,7 +226,7 @@ def build_model(name: str, dtype: Any = None, device: str = "cpu", seed: int = 0
         config = random_config(QWEN3_0P6B, "qwen3")
         with torch.device(device):
             return AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype).to(device)
+    return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype).to(device)  # type: ignore[arg-type]
 
 
 def main(argv: list[str]) -> int:

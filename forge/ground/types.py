@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -223,12 +224,12 @@ def _episode_from_map(rec: Any, kind: str = "episode") -> Episode:
         raise CodecError(f"{kind} record: {exc}") from exc
 
 
-_ENCODERS = {
+_ENCODERS: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     Task: ("task", _task_to_map),
     Sample: ("sample", _sample_to_map),
     Episode: ("episode", _episode_to_map),
 }
-_DECODERS = {"task": _task_from_map, "sample": _sample_from_map, "episode": _episode_from_map}
+_DECODERS: dict[str, Callable[[Any], Task | Sample | Episode]] = {"task": _task_from_map, "sample": _sample_from_map, "episode": _episode_from_map}
 
 
 def encode(obj: Task | Sample | Episode) -> bytes:

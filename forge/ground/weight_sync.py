@@ -55,7 +55,7 @@ def new_weight_update_group(
         [],
         c10d.Backend(backend),
         store,
-        group_name=group_name,
+        group_name=group_name,  # type: ignore[arg-type]  # c10d's private helper wants its GroupName
         backend_options=None,
         timeout=timeout,
     )
@@ -209,6 +209,7 @@ def push_weights(
         total, count = 0, 0
         for bucket in buckets(named_tensors, bucket_bytes):
             if clients:
+                assert group is not None  # checked above: engines to broadcast to need the group
                 total += _push_bucket(clients, group, bucket, str(weight_version), group_name)
             if ipc_clients:
                 total += _push_bucket_ipc(ipc_clients, bucket, str(weight_version))
