@@ -89,6 +89,39 @@ def start_engine() -> Iterator[Callable[[Path, int], Any]]:
         handle.stop()
 
 
+# The engines over scripted models (tests.helpers.gateway: real weights set to write a known
+# reply) and over the random model, at the context of the requesting directory's
+# `scripted_replies` (tests/gateway, tests/agent_side). Module scope, so each directory's
+# override is used; start_engine and the on-disk model cache keep one engine per model.
+@pytest.fixture(scope="module")
+def tool_model_dir(scripted_replies: Any) -> Path:
+    from tests.helpers.gateway import scripted_model_dir
+
+    return scripted_model_dir(scripted_replies.tool, context=scripted_replies.context)
+
+
+@pytest.fixture(scope="module")
+def answer_model_dir(scripted_replies: Any) -> Path:
+    from tests.helpers.gateway import scripted_model_dir
+
+    return scripted_model_dir(scripted_replies.answer, context=scripted_replies.context)
+
+
+@pytest.fixture(scope="module")
+def random_engine(start_engine, random_model_dir: Path, scripted_replies: Any) -> Any:
+    return start_engine(random_model_dir, scripted_replies.context)
+
+
+@pytest.fixture(scope="module")
+def tool_engine(start_engine, tool_model_dir: Path, scripted_replies: Any) -> Any:
+    return start_engine(tool_model_dir, scripted_replies.context)
+
+
+@pytest.fixture(scope="module")
+def answer_engine(start_engine, answer_model_dir: Path, scripted_replies: Any) -> Any:
+    return start_engine(answer_model_dir, scripted_replies.context)
+
+
 @pytest.fixture
 def make_gateway() -> Iterator[Callable[..., Any]]:
     from gateway import GatewayConfig, start_gateway_in_thread

@@ -1,5 +1,5 @@
 """Fixtures for the agent-side tests: the built-in engine over a tiny random model and over
-scripted models (tests.helpers.gateway: real weights set to write a known reply), real gateways
+scripted models (built in tests/conftest.py from `scripted_replies` here), real gateways
 recording into the real data pool (`pool` / `make_pool` from tests/conftest.py), and Ray."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers.gateway import Scripts
 
 CONTEXT = 2048
 CALC_EXPR = "123 * 456 + 7"
@@ -32,32 +33,8 @@ def calc_case() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def random_engine(start_engine, random_model_dir: Path) -> Any:
-    return start_engine(random_model_dir, CONTEXT)
-
-
-@pytest.fixture(scope="session")
-def tool_model_dir() -> Path:
-    from tests.helpers.gateway import scripted_model_dir
-
-    return scripted_model_dir(TOOL_CALL_SCRIPT, context=CONTEXT)
-
-
-@pytest.fixture(scope="session")
-def answer_model_dir() -> Path:
-    from tests.helpers.gateway import scripted_model_dir
-
-    return scripted_model_dir(ANSWER_SCRIPT, context=CONTEXT)
-
-
-@pytest.fixture(scope="session")
-def tool_engine(start_engine, tool_model_dir: Path) -> Any:
-    return start_engine(tool_model_dir, CONTEXT)
-
-
-@pytest.fixture(scope="session")
-def answer_engine(start_engine, answer_model_dir: Path) -> Any:
-    return start_engine(answer_model_dir, CONTEXT)
+def scripted_replies() -> Scripts:
+    return Scripts(TOOL_CALL_SCRIPT, ANSWER_SCRIPT, CONTEXT)
 
 
 @pytest.fixture(scope="module")

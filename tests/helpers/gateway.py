@@ -28,6 +28,7 @@ import math
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ ADD_TOOL = {
         },
     },
 }
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """What a test directory's scripted models write (tests/conftest.py builds them): the
+    tool-calling reply, the answering reply, and the engines' context length."""
+
+    tool: str
+    answer: str
+    context: int
+
+
 HERMES_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
 TRIGGER = "<|im_start|>assistant\n"
 ROPE_THETA = 30.0
