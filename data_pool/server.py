@@ -8,7 +8,6 @@ import re
 import secrets
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import redis
 
 from data_pool.errors import RedisServerError
+from forge.ground.net import free_port, is_loopback
 
 _GUARD = Path(__file__).with_name("_guard.py")
 
@@ -52,23 +52,6 @@ def server_version(binary: str) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _stop_ref(ref: weakref.ref) -> None:
     server = ref()
     if server is not None:
@@ -98,7 +81,7 @@ class EmbeddedRedis:
         self.run_dir = Path(run_dir).resolve()
         self.binary = binary or find_redis_server()
         self.host = host
-        if password is None and not _is_loopback(host):
+        if password is None and not is_loopback(host):
             password = secrets.token_urlsafe(24)
         self.password = password
         self._guard: subprocess.Popen | None = None
@@ -147,7 +130,7 @@ class EmbeddedRedis:
             )
         last_error = ""
         for _ in range(3):  # a free port can be taken between probe and bind: retry on a new one
-            port = _free_port(self.host)
+            port = free_port(self.host)
             try:
                 self._spawn(port, timeout)
                 atexit.register(_stop_ref, weakref.ref(self))

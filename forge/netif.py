@@ -10,12 +10,13 @@ engines' weight-update group are created in such processes.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
 
 import psutil
+
+from forge.ground.net import is_loopback
 
 log = logging.getLogger("forge")
 
@@ -27,15 +28,6 @@ def interface_for(ip: str) -> str | None:
             if a.family in (socket.AF_INET, socket.AF_INET6) and a.address.split("%")[0] == ip:
                 return name
     return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def setup_worker() -> None:

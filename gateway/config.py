@@ -3,8 +3,9 @@ as `gateway` by the launch driver)."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
+
+from forge.ground.net import is_loopback
 
 CHAT_TEMPLATES = ("auto", "native", "hermes")
 TOOL_PARSERS = ("hermes", "none")
@@ -83,12 +84,3 @@ class GatewayConfig:
                 "(clients then send Authorization: Bearer KEY or x-api-key: KEY)"
             )
         return self
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

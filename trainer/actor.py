@@ -33,7 +33,7 @@ class TrainerActor:
 
     @staticmethod
     def address() -> tuple[str, int]:
-        from trainer.deepspeed_setup import free_port
+        from forge.ground.net import free_port
 
         return ray.util.get_node_ip_address(), free_port()
 

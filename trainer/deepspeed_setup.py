@@ -3,7 +3,6 @@ address and a free port, and the DeepSpeed configs (policy and frozen reference)
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import torch
@@ -49,12 +48,6 @@ def node_ip() -> str:
     except ImportError:
         pass
     return "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deepspeed_config(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from forge.ground.net import free_port
 from forge.ground.types import Episode
 from trainer.advantages import compute_advantages
 from trainer.batch import MicroBatch, TrainSample, build_samples, collate, make_microbatches
@@ -34,7 +35,6 @@ from trainer.config import AlgoConfig, TrainerConfig
 from trainer.deepspeed_patches import fuse_clip_into_adam, fuse_grad_norm, fuse_overflow_check
 from trainer.deepspeed_setup import (
     deepspeed_config,
-    free_port,
     node_ip,
     reference_config,
     resolve_backend,

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from forge.ground.net import free_port
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,12 +56,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-pool", action="store_true", help="gateway without a data pool (samples in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p.parse_args(argv)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 180.0) -> None:
@@ -91,7 +86,7 @@ def stack(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         if not args.no_pool:
             pool = connect(PoolConfig(run_dir=str(logs / "redis"), max_in_flight=100_000))
             redis_url = pool.url
-        e_port, g_port = _free_port(), _free_port()
+        e_port, g_port = free_port(), free_port()
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         engine_cmd = [
             sys.executable,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -229,7 +229,11 @@ _ENCODERS: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     Sample: ("sample", _sample_to_map),
     Episode: ("episode", _episode_to_map),
 }
-_DECODERS: dict[str, Callable[[Any], Task | Sample | Episode]] = {"task": _task_from_map, "sample": _sample_from_map, "episode": _episode_from_map}
+_DECODERS: dict[str, Callable[[Any], Task | Sample | Episode]] = {
+    "task": _task_from_map,
+    "sample": _sample_from_map,
+    "episode": _episode_from_map,
+}
 
 
 def encode(obj: Task | Sample | Episode) -> bytes:

@@ -26,16 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from forge.ground.engine_client import EngineUnavailableError, SyncEngineClient
+from forge.ground.net import free_port
 
 
 def sglang_available() -> bool:
     return importlib.util.find_spec("sglang") is not None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def sglang_command(

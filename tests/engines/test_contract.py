@@ -17,6 +17,7 @@ import pytest
 
 from forge.ground import cuda_ipc
 from forge.ground.engine_client import EngineClient, EngineRequestError, SyncEngineClient
+from forge.ground.net import free_port
 from gateway.engines import client as client_mod
 
 FIELDS = json.loads((Path(client_mod.__file__).with_name("sglang_fields.json")).read_text())
@@ -114,7 +115,7 @@ def test_every_client_request_is_sglang_shaped(engine, recording_proxy, model_di
     sync.continue_generation()
     sync.update_weights_from_disk(str(model_dir), weight_version="c1")
     # a one-member group (this engine as rank 0) lets the distributed calls run without a trainer
-    assert sync.init_weights_update_group("127.0.0.1", _free_port(), 0, 1, "contract", "gloo")["success"]
+    assert sync.init_weights_update_group("127.0.0.1", free_port(), 0, 1, "contract", "gloo")["success"]
     assert sync.update_weights_from_distributed([], [], [], "contract", weight_version="c2")["success"]
     sync.destroy_weights_update_group("contract")
     # colocated (CUDA IPC) sync: refused on this CPU engine, but the request is SGLang-shaped
@@ -172,14 +173,6 @@ def _ipc_meta() -> dict:
         "event_handle": None,
         "event_sync_required": False,
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(

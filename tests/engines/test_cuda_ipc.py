@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import torch
 
 from forge.ground import cuda_ipc, weight_sync
 from forge.ground.engine_client import SyncEngineClient
+from forge.ground.net import free_port
 
 
 def _meta(**over) -> dict:
@@ -62,12 +62,6 @@ def test_pack_refuses_cpu_tensors():
         cuda_ipc.pack_bucket([("w", torch.zeros(3))])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_colocated_engine_takes_weights_by_cuda_ipc(model_dir):
@@ -75,7 +69,7 @@ def test_colocated_engine_takes_weights_by_cuda_ipc(model_dir):
     decodes exactly what the perturbed model decodes."""
     from transformers import AutoModelForCausalLM
 
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "gateway.engines.native", "--model", str(model_dir), "--port", str(port)]
     cmd += [
         "--device",

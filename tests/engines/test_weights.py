@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from forge.ground import weight_sync
 from forge.ground.engine_client import EngineRequestError, SyncEngineClient
+from forge.ground.net import free_port
 
 PROMPT = [5, 6, 7, 8]
 GREEDY = {"max_new_tokens": 12, "temperature": 0.0, "ignore_eos": True}
@@ -66,15 +66,9 @@ def test_update_weights_from_disk(model_dir, tmp_path):
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def engine_process(model_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -108,7 +102,7 @@ def engine_process(model_dir):
 def test_update_weights_from_gloo_group(model_dir, engine_process):
     client = engine_process
     before = client.generate(PROMPT, GREEDY)
-    group = weight_sync.connect_engines([client.base_url], "127.0.0.1", _free_port(), backend="gloo")
+    group = weight_sync.connect_engines([client.base_url], "127.0.0.1", free_port(), backend="gloo")
     new = _perturbed(model_dir, 0.1, seed=2)
     # small buckets: several /update_weights_from_distributed calls, each with concurrent broadcasts
     out = weight_sync.push_weights(
@@ -137,11 +131,11 @@ def test_stale_group_on_engine_is_replaced(model_dir, engine_process):
     """A group left on the engine by an earlier attempt (e.g. a trainer that crashed or fell back
     to disk) must not make the next connect wait out its rendezvous."""
     client = engine_process
-    stale = weight_sync.connect_engines([client.base_url], "127.0.0.1", _free_port(), backend="gloo")
+    stale = weight_sync.connect_engines([client.base_url], "127.0.0.1", free_port(), backend="gloo")
     weight_sync.destroy_group(stale)  # the trainer side is gone; the engine still holds its rank
     start = time.monotonic()
     group = weight_sync.connect_engines(
-        [client.base_url], "127.0.0.1", _free_port(), backend="gloo", timeout_s=60
+        [client.base_url], "127.0.0.1", free_port(), backend="gloo", timeout_s=60
     )
     assert time.monotonic() - start < 20
     new = _perturbed(model_dir, 0.1, seed=4)
@@ -177,7 +171,7 @@ def test_engine_refusing_to_join_fails_fast():
     start = time.monotonic()
     try:
         with pytest.raises(RuntimeError, match="failed to join"):
-            weight_sync.connect_engines([url], "127.0.0.1", _free_port(), backend="gloo", timeout_s=60)
+            weight_sync.connect_engines([url], "127.0.0.1", free_port(), backend="gloo", timeout_s=60)
         assert time.monotonic() - start < 10
     finally:
         server.shutdown()
