@@ -66,6 +66,39 @@ def test_flush_detaches_and_frees_on_release():
     assert pool.free_count == 4 - 1, "released: the flushed pages are free again"
 
 
+def _ended_call(cache: PrefixCache, tokens: list[int]) -> None:
+    """A call that computed `tokens` (whole pages) and ended: its KV is cached, unreferenced."""
+    path: list = []
+    cache.insert(tokens, cache.alloc(len(tokens) // P), path, cache.epoch)
+    cache.unlock(path)
+
+
+def test_eviction_takes_one_idle_session_whole_before_the_next_one():
+    cache = PrefixCache(PagePool(7), P)  # 6 usable pages: two sessions of 3
+    a, b = list(range(12)), list(range(100, 112))
+    _ended_call(cache, a)
+    _ended_call(cache, b)
+    cache.alloc(3)  # a is the least recently used: all of it goes, b stays whole
+    assert cache.match(a) == [] and len(cache.match(b)) == 3
+
+
+def test_available_idle_leaves_just_released_sessions_alone(monkeypatch):
+    import gateway.engines.native.prefix_cache as pc
+
+    now = [1000.0]
+    monkeypatch.setattr(pc.time, "monotonic", lambda: now[0])
+    cache = PrefixCache(PagePool(9), P)  # 8 usable pages
+    _ended_call(cache, list(range(12)))  # 3 pages, released at t=1000
+    now[0] = 1005.0
+    _ended_call(cache, list(range(100, 108)))  # 2 pages, released at t=1005
+    now[0] = 1005.5
+    assert cache.available() == 8
+    assert cache.available_idle(1.0) == 3 + 3, "free pages + the session idle for 5.5 s"
+    assert cache.available_idle(10.0) == 3, "only the free pages"
+    now[0] = 1010.0
+    assert cache.available_idle(1.0) == 8
+
+
 # ---- the engine -----------------------------------------------------------------------------
 def _engine(model_dir, **kw):
     base = {"device": "cpu", "max_running_requests": 8, "context_length": 256, "page_size": P}

@@ -34,6 +34,9 @@ from gateway.engines.native.prefix_cache import PagePool, PrefixCache
 from gateway.engines.native.request import BadRequest, Req
 from gateway.engines.native.runner import ModelRunner, RowInputs
 
+KEEP_RECENT_S = 1.0  # cold admissions leave KV released this recently alone (see _take_waiting)
+LPM_MAX_WAITING = 256  # waiting requests ordered by cached prefix up to this many (SGLang: 128)
+
 log = logging.getLogger("forge.engine")
 
 Done = Callable[[dict[str, Any]], None]
@@ -263,7 +266,8 @@ class EngineCore:
             firsts: set[tuple[int, tuple[int, ...]]] = set()  # (cached node, first uncached page) taken
             longest = 0
             p = self.page_size
-            for req in list(self._waiting):
+            idle_pages: int | None = None
+            for req in self._by_longest_prefix():
                 if len(batch) >= free:
                     break
                 seq = req.input_ids + req.output_ids
@@ -286,6 +290,17 @@ class EngineCore:
                 if self.cache.available() - len(self.rows) - len(batch) < need:
                     self.cache.unlock(path)
                     break
+                # a cold request (less than half of it cached: a new session, or one whose KV
+                # went) must not evict what a session let go of moments ago (its next call is on
+                # its way): else, once sessions outgrow the pool, they evict each other in turn
+                cold = 2 * cached < len(seq)
+                if cold and (self.rows or batch):
+                    if idle_pages is None:
+                        idle_pages = self.cache.available_idle(KEEP_RECENT_S)
+                    if idle_pages - len(self.rows) - len(batch) < need:
+                        self.cache.unlock(path)
+                        continue
+                    idle_pages -= need
                 longest = longest2
                 req.path = path
                 req.pages = [n.page for n in path] + self.cache.alloc(need)
@@ -298,6 +313,18 @@ class EngineCore:
                 batch.append(req)
                 firsts.add(first)
         return batch, deferred
+
+    def _by_longest_prefix(self) -> list[Req]:
+        """Waiting requests, the longest cached prefix first (FIFO among equals), as SGLang's
+        `lpm` policy: when sessions outgrow the pool, the ones whose KV is cached run on and finish
+        while the rest wait, instead of all of them taking turns evicting each other. Past
+        LPM_MAX_WAITING requests, matching them all costs more than it saves: FIFO. (The caller
+        matches again at each request's turn: admitting one may evict another's prefix.)"""
+        waiting = list(self._waiting)
+        if len(waiting) > LPM_MAX_WAITING or not self.cache.enabled:
+            return waiting
+        cached = {id(r): len(self.cache.match(r.input_ids + r.output_ids)) for r in waiting}
+        return sorted(waiting, key=lambda r: -cached[id(r)])
 
     def _admit(self) -> None:
         gate = True

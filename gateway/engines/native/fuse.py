@@ -1,13 +1,14 @@
 """Fused decode pieces: torch.compile the small elementwise regions of a decoder, not the whole model.
 
 A graph-replayed decode step of a 28-layer model was ~800 kernels, most of them 1–3 µs
-elementwise ones (RMSNorm's six, RoPE's ten, SiLU·mul, the sampler's hash noise over the whole
-vocabulary). `fuse(model)` compiles those regions once each (dynamic shapes: one compile serves
-every batch bucket; the kernels are captured in the runner's CUDA graphs like any other):
+elementwise ones (RMSNorm's six, RoPE's ten, SiLU·mul). `fuse(model)` compiles those regions
+once each (dynamic shapes: one compile serves every batch bucket; the kernels are captured in the
+runner's CUDA graphs like any other):
 - every `*RMSNorm` module → one kernel (same math: fp32 variance, weight · normalised input),
 - the gated MLP's `act(gate) · up` → one kernel (SiLU models only),
-- the attention module's `apply_rotary_pos_emb` → one kernel for q and k,
-and `sampler()` is `sampling.sample` compiled (one pass over the logits instead of ~15).
+- the attention module's `apply_rotary_pos_emb` → one kernel for q and k.
+The sampler stays eager: compiled, its hash noise failed on an H100 (inductor indexes in int32
+and the hash's 2654435761 constant does not fit; 2026-12-06).
 The matrix products stay cuBLAS and attention stays the paged kernel. CUDA only.
 """
 
@@ -21,8 +22,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from gateway.engines.native.sampling import sample
 
 log = logging.getLogger("forge.engine")
 
@@ -78,7 +77,3 @@ def fuse(model: torch.nn.Module) -> list[str]:
         module.apply_rotary_pos_emb = fused
         done.append("RoPE")
     return done
-
-
-def sampler() -> Callable[..., Any]:
-    return _compile("sample", sample)

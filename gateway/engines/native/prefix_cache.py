@@ -21,6 +21,7 @@ request's first new token always starts a page of its own.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -55,7 +56,7 @@ class PagePool:
 
 
 class Node:
-    __slots__ = ("key", "page", "parent", "children", "refs", "detached")
+    __slots__ = ("key", "page", "parent", "children", "refs", "detached", "idle_since")
 
     def __init__(self, key: tuple[int, ...], page: int, parent: Node | None) -> None:
         self.key = key
@@ -64,6 +65,7 @@ class Node:
         self.children: dict[tuple[int, ...], Node] = {}
         self.refs = 0
         self.detached = False  # flushed out of the tree; its page is freed when the last reader lets go
+        self.idle_since = 0.0  # time.monotonic() when its last reader let go
 
 
 class PrefixCache:
@@ -113,6 +115,7 @@ class PrefixCache:
                 self.pool.free([node.page])
             else:
                 self.unreferenced += 1
+                node.idle_since = time.monotonic()
                 if not node.children:
                     self._evictable[node] = None
 
@@ -150,6 +153,20 @@ class PrefixCache:
         """Pages obtainable now: free ones plus every unreferenced cached one."""
         return self.pool.free_count + self.unreferenced
 
+    def available_idle(self, idle_s: float) -> int:
+        """Pages obtainable without evicting KV that a reader let go of in the last idle_s
+        seconds: free ones plus the unreferenced chains (leaf upwards) idle that long."""
+        cutoff = time.monotonic() - idle_s
+        count = self.pool.free_count
+        for leaf in self._evictable:  # least recently used first
+            if leaf.idle_since > cutoff:
+                break
+            node: Node | None = leaf
+            while node is not None and node is not self.root and node.refs == 0 and node.idle_since <= cutoff:
+                count += 1
+                node = node.parent if node.parent is not None and len(node.parent.children) == 1 else None
+        return count
+
     def alloc(self, n: int) -> list[int]:
         """n pages from the pool, evicting least recently used unreferenced leaves as needed."""
         short = n - self.pool.free_count
@@ -169,7 +186,10 @@ class PrefixCache:
             self.unreferenced -= 1
             freed += 1
             if parent is not self.root and parent.refs == 0 and not parent.children:
+                # the parent keeps its leaf's place (first out): one idle chain goes whole before
+                # the next loses its tail, instead of every idle session losing a page in turn
                 self._evictable[parent] = None
+                self._evictable.move_to_end(parent, last=False)
         return freed
 
     def flush(self) -> int:

@@ -107,8 +107,7 @@ class ModelRunner:
         if compile and cuda:  # the small elementwise regions compiled (fuse.py); CUDA only
             from gateway.engines.native import fuse
 
-            self.fused = fuse.fuse(model)
-            self._sample_fn = fuse.sampler()
+            self.fused = fuse.fuse(model)  # the sampler stays eager (fuse.py says why)
         self.use_cuda_graph = bool(use_cuda_graph and cuda)
         # Graphs run padded shapes; `pad_to_buckets` runs the same padded shapes eagerly (tests on CPU).
         self.pad_to_buckets = self.use_cuda_graph if pad_to_buckets is None else bool(pad_to_buckets)
