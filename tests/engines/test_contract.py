@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from forge.ground import cuda_ipc
+from forge.ground import engine_client as client_mod
 from forge.ground.engine_client import EngineClient, EngineRequestError, SyncEngineClient
 from forge.ground.net import free_port
-from gateway.engines import client as client_mod
+from gateway.engines.native.request import FIELDS_FILE
 
-FIELDS = json.loads((Path(client_mod.__file__).with_name("sglang_fields.json")).read_text())
+FIELDS = json.loads(FIELDS_FILE.read_text())
 
 
 def allowed(cls: str) -> set[str]:

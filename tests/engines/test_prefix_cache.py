@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gateway.engines.client import SyncEngineClient
+from forge.ground.engine_client import SyncEngineClient
 from gateway.engines.native import start_engine_in_thread
 from gateway.engines.native.prefix_cache import PagePool, PrefixCache
 

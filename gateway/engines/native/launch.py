@@ -24,7 +24,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class EngineConfig:
-    model: str  # a local HF directory, or a forge.models name (tiny, smollm2_135m, qwen3_0p6b_random)
+    model: str  # a local HF directory, or a forge.ground.models name (tiny, smollm2_135m, qwen3_0p6b_random)
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     max_running_requests: int = 64
@@ -51,7 +51,7 @@ class EngineConfig:
 
 
 def load_model(name: str, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[Any, Any, str]:
-    """(model, tokenizer or None, resolved path) for a directory or a forge.models name."""
+    """(model, tokenizer or None, resolved path) for a directory or a forge.ground.models name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from forge.ground.models import build_model, resolve_model

@@ -3,7 +3,7 @@
 aiohttp, not FastAPI/uvicorn: it is the one HTTP stack present on every image Forge runs on
 (the GPU image has no fastapi/uvicorn), it is light (the gateway's overhead target is ~2 ms),
 and it lets a server run inside any thread's own event loop, which `start_engine_in_thread`
-and the Ray actor need. Routes and body fields are SGLang's (see `client.py`); errors are JSON
+and the Ray actor need. Routes and body fields are SGLang's (see `forge/ground/engine_client.py`); errors are JSON
 `{"error": {"message": ...}}` with 4xx for bad input, as SGLang's `_create_error_response`.
 """
 
@@ -238,7 +238,7 @@ async def update_weights_from_distributed(request: web.Request) -> web.Response:
 
 
 async def update_weights_from_tensor(request: web.Request) -> web.Response:
-    """Colocated weight sync: each entry is a bucket shared by CUDA IPC (see forge.cuda_ipc).
+    """Colocated weight sync: each entry is a bucket shared by CUDA IPC (see forge.ground.cuda_ipc).
 
     SGLang's own load formats carry pickles; this engine refuses them and never unpickles."""
     from forge.ground import cuda_ipc
