@@ -115,6 +115,7 @@ class ModelRunner:
         # int64 inputs: tokens, positions, top_k, seeds; float32: temperature, top_p, min_p
         self._host_i = torch.zeros(4, max_running, dtype=torch.int64, pin_memory=pin)
         self._host_f = torch.zeros(3, max_running, dtype=torch.float32, pin_memory=pin)
+        self._host_i_np, self._host_f_np = self._host_i.numpy(), self._host_f.numpy()
         self._dev_i = torch.zeros(4, max_running, dtype=torch.int64, device=self.device)
         self._dev_f = torch.zeros(3, max_running, dtype=torch.float32, device=self.device)
         # the page table: row i = the pages of the request in row i (0: scratch / unused)
@@ -150,17 +151,18 @@ class ModelRunner:
         """Write rows [0, n) of the pinned host buffers (rows [n, pad_to) zeroed: padding rows of a
         graph bucket then write into position 0 of free slots) and copy both buffers whole to the
         device: two small contiguous async copies, ordered before the forward on the stream."""
-        hi, hf = self._host_i, self._host_f
+        hi, hf = self._host_i_np, self._host_f_np  # numpy views of the pinned buffers: no tensor per list
         hi[:, n:pad_to] = 0
-        hi[0, :n] = torch.tensor(rows.tokens, dtype=torch.int64) if rows.tokens else 0
-        hi[1, :n] = torch.tensor(rows.positions, dtype=torch.int64)
-        hi[2, :n] = torch.tensor(rows.top_k, dtype=torch.int64)
-        hi[3, :n] = torch.tensor(rows.seed, dtype=torch.int64)
-        hf[0, :n] = torch.tensor(rows.temperature, dtype=torch.float32)
-        hf[1, :n] = torch.tensor([p if p < 1.0 else 2.0 for p in rows.top_p], dtype=torch.float32)
-        hf[2, :n] = torch.tensor(rows.min_p, dtype=torch.float32)
-        self._dev_i.copy_(hi, non_blocking=True)
-        self._dev_f.copy_(hf, non_blocking=True)
+        hi[0, :n] = rows.tokens if rows.tokens else 0
+        hi[1, :n] = rows.positions
+        hi[2, :n] = rows.top_k
+        hi[3, :n] = rows.seed
+        hf[0, :n] = rows.temperature
+        hf[1, :n] = rows.top_p
+        hf[1, :n][hf[1, :n] >= 1.0] = 2.0  # no top-p
+        hf[2, :n] = rows.min_p
+        self._dev_i.copy_(self._host_i, non_blocking=True)
+        self._dev_f.copy_(self._host_f, non_blocking=True)
         sampled = [t > 1e-5 for t in rows.temperature]
         filt = any(
             s and (p < 1.0 or k < self.vocab_size or m > 0.0)

@@ -3,9 +3,13 @@
 Order (as SGLang's sampler): logits / temperature → softmax → top-k, top-p, min-p filtering →
 draw. temperature 0 (or below 1e-5) is greedy (argmax of the raw logits).
 
-The draw is a Gumbel-max over a counter-based hash of (seed, position, token id): a seeded
-request draws the same tokens whatever else is in the batch, with no per-row generator object
-and no host round trip. Unseeded requests get a random seed at admission.
+The draw is by inverse CDF with one uniform per row, a counter-based hash of (seed, position):
+token = the first index whose running sum of exp(scaled − max) reaches u · total. A seeded request
+draws the same tokens whatever else is in the batch, with no per-row generator object and no host
+round trip; unseeded requests get a random seed at admission. A handful of passes over [B, V]
+(max, exp, cumsum, compare), where the earlier Gumbel-max hashed every (row, token): 2.85 ms at
+batch 128 × 151936 vocab on an H100. A token the filters removed has zero weight and is never
+drawn (the pick is the first token *with weight* whose running sum reaches u · total).
 
 Log-prob returned: log_softmax of the model's raw logits (fp32) at the sampled token, i.e. the
 model's own distribution at temperature 1 before any filtering, whatever temperature / top-p /
@@ -29,19 +33,25 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[B, V] float32 Gumbel(0, 1) noise, a pure function of (seed, position, token id)."""
-    base = _mix32((seeds & _M32) ^ _mix32((positions * 0x27D4EB2D) & _M32))
-    ids = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
-    h = _mix32((base[:, None] + ids[None, :] * 0x9E3779B1) & _M32)
-    return -torch.log(-torch.log(uniform_open(h)))
+def row_uniform(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[B] float32 uniforms in (0, 1), a pure function of (seed, position) per row."""
+    return uniform_open(_mix32((seeds & _M32) ^ _mix32((positions * 0x27D4EB2D) & _M32)))
+
+
+def draw(scaled: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: scaled logits [B, V] (-inf = removed), uniforms u [B] → token ids [B]."""
+    weights = torch.exp(scaled - scaled.amax(dim=-1, keepdim=True))
+    cdf = torch.cumsum(weights, dim=-1)
+    target = (u * cdf[:, -1])[:, None]
+    # the first token with weight whose running sum reaches the target (argmax: first maximum)
+    return ((cdf >= target) & (weights > 0)).to(torch.int8).argmax(dim=-1)
 
 
 def uniform_open(h: torch.Tensor) -> torch.Tensor:
     """32-bit hashes → float32 uniforms strictly inside (0, 1).
 
-    23 bits, not 24: (2^24 − 0.5) / 2^24 rounds to exactly 1.0 in float32, which made the Gumbel
-    noise +inf and let a random token win about 0.3% of sampled steps on a 49k vocabulary."""
+    23 bits, not 24: (2^24 − 0.5) / 2^24 rounds to exactly 1.0 in float32 (u = 1 would let the
+    draw run past the last token with weight)."""
     return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
 
 
@@ -70,7 +80,7 @@ def sample(logits: torch.Tensor, p: RowParams) -> tuple[torch.Tensor, torch.Tens
         scaled = logits / temp
         if p.any_filter:
             scaled = _filter(scaled, p)
-        drawn = torch.argmax(scaled + gumbel_noise(p.seed, p.position, logits.shape[-1]), dim=-1)
+        drawn = draw(scaled, row_uniform(p.seed, p.position))
         tokens = torch.where(p.temperature > _GREEDY_EPS, drawn, greedy)
     logprobs = logits.gather(1, tokens[:, None])[:, 0] - log_z
     return tokens, logprobs
