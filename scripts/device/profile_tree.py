@@ -6,7 +6,7 @@ per call, group size 8, eager with activation checkpointing unless --no-checkpoi
 every micro-batch of both, then profiles one forward+backward of each and prints: wall time, GPU
 time, GPU time per kernel class (matrix products, attention, everything else), hardware-FLOP
 estimate per second, and the top kernels. Meant to answer why, at 1 call, the tree runs at ~80% of
-the flat batch's efficiency per FLOP (RESULTS.md, session 6).
+the flat batch's efficiency per FLOP (docs/BENCHMARKS.md, tree history).
 """
 
 import argparse
