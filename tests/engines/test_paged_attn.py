@@ -1,6 +1,7 @@
-"""Paged decode attention: the torch reference against dense attention, and the Triton kernel under
-triton's interpreter (TRITON_INTERPRET=1, numpy on the CPU; skipped when triton is not installed).
-The compiled kernel is checked on a GPU by scripts/device/paged_attn_check.py."""
+"""Paged decode and prefill attention: the torch references against dense attention, and the Triton
+kernels under triton's interpreter (TRITON_INTERPRET=1, numpy on the CPU; skipped when triton is not
+installed), prefill also through PagedKV.attend against its SDPA path. The compiled kernels are
+checked on a GPU by scripts/device/paged_attn_check.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ import pytest
 import torch
 
 from gateway.engines.native import paged_attn
-from gateway.engines.native.paged_attn import choose_num_splits, kv_bytes_read, paged_decode_reference
+from gateway.engines.native.paged_attn import (
+    choose_num_splits,
+    kv_bytes_read,
+    paged_decode_reference,
+    paged_prefill_reference,
+)
 
 
 def paged_case(lens, kv_heads, rep, dim, page_size, dtype, seed=0, max_len=None):
@@ -169,19 +175,19 @@ def _interp_main() -> None:
     print("RESULTS " + json.dumps(res))
 
 
-@pytest.fixture(scope="module")
-def interp_results() -> dict:
+def _run_interp_child(entry: str) -> dict:
+    """Run this file's function `entry` in a child with TRITON_INTERPRET=1; its RESULTS line, parsed."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed: pip install triton to run the kernel on its CPU interpreter")
     root = Path(__file__).resolve().parents[2]
     code = (
         "import importlib.util, sys; sys.path.insert(0, sys.argv[1]); "
         "spec = importlib.util.spec_from_file_location('paged_attn_interp_test', sys.argv[2]); "
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m._interp_main()"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); getattr(m, sys.argv[3])()"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(root), __file__],
+        [sys.executable, "-c", code, str(root), __file__, entry],
         env=env,
         capture_output=True,
         text=True,
@@ -190,6 +196,11 @@ def interp_results() -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
     assert proc.returncode == 0 and lines, f"interpreter child failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(lines[-1].removeprefix("RESULTS "))
+
+
+@pytest.fixture(scope="module")
+def interp_results() -> dict:
+    return _run_interp_child("_interp_main")
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
@@ -232,3 +243,217 @@ def test_triton_kernel_compiled_on_cuda(case_id, dtype):
     out = paged_attn.paged_decode_triton(q, kc, vc, table, seq_lens, page_size, scale, max_len, num_splits)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert rel_err(out.cpu(), dense_attention(q.cpu(), dk, dv, scale)) < tol
+
+
+# ---- prefill ---------------------------------------------------------------------------------------
+
+
+def prefill_case(cached, lengths, kv_heads, rep, dim, page_size, dtype, t=None, seed=0):
+    """Rows of cached[b] + lengths[b] keys in a shuffled NaN-poisoned pool (paged_case) and new-token
+    queries [B, Hq, T, D] laid out as an attention module hands them (a [B, T, Hq, D] transposed)."""
+    totals = [c + n for c, n in zip(cached, lengths, strict=True)]
+    _, kc, vc, table, _, dk, dv = paged_case(totals, kv_heads, rep, dim, page_size, dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    t = t or max(lengths)
+    q = torch.randn(len(cached), t, kv_heads * rep, dim, generator=g).to(dtype).transpose(1, 2)
+    return (
+        q,
+        kc,
+        vc,
+        table,
+        torch.tensor(cached, dtype=torch.int64),
+        torch.tensor(lengths, dtype=torch.int32),
+        dk,
+        dv,
+    )
+
+
+def dense_prefill(q, dense_k, dense_v, cached, lengths, scale):
+    """Naive per-row, per-head causal attention of the new tokens over the row's keys, fp64;
+    [B, T, Hq, D], padding queries 0."""
+    batch, q_heads, t, _ = q.shape
+    rep = q_heads // dense_k[0].shape[1]
+    out = torch.zeros(batch, t, q_heads, q.shape[-1], dtype=torch.float64)
+    for b in range(batch):
+        c, n = int(cached[b]), int(lengths[b])
+        for h in range(q_heads):
+            k = dense_k[b][:, h // rep].double()  # [c + n, D]
+            v = dense_v[b][:, h // rep].double()
+            for i in range(n):
+                s = k[: c + i + 1] @ q[b, h, i].double() * scale
+                w = torch.exp(s - s.max())
+                out[b, i, h] = (w / w.sum()) @ v[: c + i + 1]
+    return out
+
+
+def valid_rows(lengths, t):
+    return torch.arange(t)[None, :] < lengths.long()[:, None]  # [B, T]
+
+
+@pytest.mark.parametrize(
+    "cached,lengths,kv_heads,rep,dim,page_size",
+    [
+        ([0, 0], [5, 12], 2, 2, 32, 16),
+        ([13, 40, 0], [7, 1, 20], 2, 1, 32, 4),
+        ([30, 3], [4, 9], 1, 4, 64, 1),
+    ],
+)
+def test_prefill_reference_matches_dense_attention(cached, lengths, kv_heads, rep, dim, page_size):
+    q, kc, vc, table, c, n, dk, dv = prefill_case(
+        cached, lengths, kv_heads, rep, dim, page_size, torch.float32
+    )
+    scale = 1 / math.sqrt(dim)
+    out = paged_prefill_reference(q, kc, vc, table, c, n, page_size, scale)
+    ref = dense_prefill(q, dk, dv, c, n, scale)
+    assert out.shape == ref.shape and out.dtype == q.dtype
+    assert (out[~valid_rows(n, q.shape[2])] == 0).all()
+    assert rel_err(out, ref) < 1e-6
+    # the causal bound matters: one key more or less per query changes the result
+    shifted = dense_prefill(q, dk, dv, c + 1, n, scale) if max(lengths) > 1 else ref
+    assert max(lengths) == 1 or rel_err(shifted, ref) > 1e-3
+
+
+PREFILL_CASES = {
+    # id: (cached, lengths, kv_heads, rep, dim, page_size, T, block_m, block_n)
+    "cached0-mixed-padding": ([0, 0, 0], [20, 7, 1], 2, 2, 64, 16, 24, None, None),
+    "prefix-unaligned-rep2": ([37, 5, 100], [9, 30, 3], 2, 2, 64, 16, 32, None, None),
+    "rep1-page4-small-blocks": ([13, 0, 50], [19, 33, 6], 2, 1, 32, 4, 40, 16, 16),
+    "rep2-D128-tiles-page-cross": ([70, 3], [40, 17], 1, 2, 128, 16, 40, 32, 16),
+    "rep3-page1-split-token": ([9, 30], [11, 2], 1, 3, 32, 1, 12, 16, 16),
+}
+KV_ATTEND_CASE = ([21, 0, 64], [10, 25, 3], 2, 2, 64, 16)  # cached, lengths, kv_heads, rep, dim, page
+
+
+def _prefill_interp_case(case_id: str, dtype_name: str) -> dict:
+    cached, lengths, kv_heads, rep, dim, page_size, t, block_m, block_n = PREFILL_CASES[case_id]
+    dtype = DTYPES[dtype_name]
+    q, kc, vc, table, c, n, dk, dv = prefill_case(cached, lengths, kv_heads, rep, dim, page_size, dtype, t=t)
+    scale = 1 / math.sqrt(dim)
+    buf = torch.full((q.shape[0], t, q.shape[1], dim), float("nan"), dtype=dtype)
+    out = paged_attn.paged_prefill_triton(
+        q, kc, vc, table, c, n, page_size, scale, out=buf, block_m=block_m, block_n=block_n
+    )
+    valid = valid_rows(n, t)
+    ref = paged_prefill_reference(q, kc, vc, table, c, n, page_size, scale)
+    return dict(
+        finite=bool(torch.isfinite(out).all()),  # padding queries included: every element written
+        shape_ok=out is buf,
+        err_ref=rel_err(out[valid], ref[valid]),
+        err_dense=rel_err(out[valid], dense_prefill(q, dk, dv, c, n, scale)[valid]),
+    )
+
+
+def _kv_attend_case(dtype_name: str) -> dict:
+    """PagedKV.attend's prefill, the Triton path against the SDPA path, plans built as the runner does."""
+    from gateway.engines.native import kv as kvmod
+
+    cached, lengths, kv_heads, rep, dim, page_size = KV_ATTEND_CASE
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(7)
+    b, t = len(cached), max(lengths)
+    max_pages = -(-max(c + x for c, x in zip(cached, lengths, strict=True)) // page_size)
+    num_pages = b * max_pages + 1
+    table = torch.zeros(b, max_pages, dtype=torch.int32)
+    table[:] = (torch.randperm(num_pages - 1, generator=g)[: b * max_pages] + 1).view(b, max_pages).int()
+    kv = kvmod.PagedKV(1, num_pages, page_size, kv_heads, dim, dtype, "cpu", use_triton=True)
+    kv.k.copy_(torch.randn(kv.k.shape, generator=g).to(dtype))  # the cached prefixes (and junk)
+    kv.v.copy_(torch.randn(kv.v.shape, generator=g).to(dtype))
+    offsets = torch.tensor(cached, dtype=torch.int64)
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    steps = torch.arange(t)
+    positions = offsets[:, None] + steps[None, :]
+    valid = steps[None, :] < lens[:, None]
+    real = kvmod.slot_index(table, torch.where(valid, positions, 0), page_size)
+    scratch = (steps % page_size).expand(b, t)
+    lk = int((offsets + lens).max())
+    keys = torch.arange(lk).expand(b, lk)
+    write = torch.where(valid, real, scratch).reshape(-1)
+    query = torch.randn(b, t, kv_heads * rep, dim, generator=g).to(dtype).transpose(1, 2)
+    key = torch.randn(b, t, kv_heads, dim, generator=g).to(dtype).transpose(1, 2)
+    value = torch.randn(b, t, kv_heads, dim, generator=g).to(dtype).transpose(1, 2)
+    kv.plan = kvmod.PrefillPlan(write_slots=write, page_table=table, cached=offsets, lengths=lens)
+    out_triton = kv.attend(0, query, key, value, None)
+    kv.plan = kvmod.PrefillPlan(
+        write_slots=write,
+        kv_idx=kvmod.slot_index(table, keys, page_size),
+        mask=kvmod.prefill_mask(offsets, lens, t, lk, dtype),
+    )
+    out_sdpa = kv.attend(0, query, key, value, None)  # writes the same keys again
+    return dict(
+        finite=bool(torch.isfinite(out_triton).all()),
+        shape_ok=out_triton.shape == out_sdpa.shape == (b, t, kv_heads * rep, dim),
+        err_ref=rel_err(out_triton[valid], out_sdpa[valid]),
+    )
+
+
+def _prefill_interp_main() -> None:
+    """The prefill child's entry point (TRITON_INTERPRET=1 set before any import)."""
+    assert paged_attn._interpreted(), "kernels are not interpreted"
+    res = {f"{c}/{d}": _prefill_interp_case(c, d) for c in PREFILL_CASES for d in DTYPES}
+    res.update({f"kv-attend/{d}": _kv_attend_case(d) for d in DTYPES})
+    print("RESULTS " + json.dumps(res))
+
+
+@pytest.fixture(scope="module")
+def prefill_interp_results() -> dict:
+    return _run_interp_child("_prefill_interp_main")
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case_id", list(PREFILL_CASES))
+def test_prefill_kernel_on_interpreter(prefill_interp_results, case_id, dtype_name):
+    r = prefill_interp_results[f"{case_id}/{dtype_name}"]
+    tol = 1e-5 if dtype_name == "fp32" else 1e-2
+    assert r["finite"] and r["shape_ok"], r
+    assert r["err_ref"] < tol and r["err_dense"] < tol, r
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_kv_attend_prefill_triton_matches_sdpa(prefill_interp_results, dtype_name):
+    r = prefill_interp_results[f"kv-attend/{dtype_name}"]
+    tol = 1e-5 if dtype_name == "fp32" else 2e-2  # bf16: SDPA's own bf16 rounding on the other side
+    assert r["finite"] and r["shape_ok"], r
+    assert r["err_ref"] < tol, r
+
+
+def test_prefill_rejects_bad_arguments():
+    if paged_attn.triton is None:
+        pytest.skip("triton is not installed")
+    q, kc, vc, table, c, n, _, _ = prefill_case([3], [4], 2, 2, 64, 16, torch.float32)
+    call = paged_attn.paged_prefill_triton  # the checks run before any launch: fine on the CPU
+    with pytest.raises(ValueError, match="int32"):
+        call(q, kc, vc, table.long(), c, n, 16, 0.125)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        call(q, kc, vc, table, c.float(), n, 16, 0.125)
+    with pytest.raises(ValueError, match="lengths"):
+        call(q, kc, vc, table, c, n.repeat(2), 16, 0.125)
+    with pytest.raises(ValueError, match="page_size"):
+        call(q, kc, vc, table, c, n, 12, 0.125)
+    with pytest.raises(ValueError, match="dtype"):
+        call(q.double(), kc, vc, table, c, n, 16, 0.125)
+    with pytest.raises(ValueError, match="multiple"):
+        call(q[:, :3], kc, vc, table, c, n, 16, 0.125)
+    with pytest.raises(ValueError, match=r"\[B, Hq, T, D\]"):
+        call(q[:, :, 0], kc, vc, table, c, n, 16, 0.125)
+    with pytest.raises(ValueError, match="block_m"):
+        call(q, kc, vc, table, c, n, 16, 0.125, block_m=24)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case_id", list(PREFILL_CASES))
+def test_prefill_kernel_compiled_on_cuda(case_id, dtype):
+    if paged_attn.triton is None:
+        pytest.skip("triton is not installed")
+    cached, lengths, kv_heads, rep, dim, page_size, t, block_m, block_n = PREFILL_CASES[case_id]
+    q, kc, vc, table, c, n, dk, dv = prefill_case(cached, lengths, kv_heads, rep, dim, page_size, dtype, t=t)
+    scale = 1 / math.sqrt(dim)
+    ref = dense_prefill(q, dk, dv, c, n, scale)
+    valid = valid_rows(n, t)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for bm, bn in ((block_m, block_n), (None, None)):  # the case's blocks and the GPU defaults
+        args = (t_.cuda() for t_ in (q, kc, vc, table, c, n))
+        out = paged_attn.paged_prefill_triton(*args, page_size, scale, block_m=bm, block_n=bn).cpu()
+        assert torch.isfinite(out).all()
+        assert rel_err(out[valid], ref[valid]) < tol

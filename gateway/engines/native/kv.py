@@ -15,8 +15,10 @@ masked key never turns an output into NaN).
 Two kinds of forward, chosen by the plan set before the call:
 - prefill: B rows, each with `cached[b]` positions already in its pages (a reused prefix) and
   `len[b]` new tokens, right-padded to T. New keys/values go to their slots; each row then attends
-  over all its keys [0, cached + len) through `kv_idx`, key j visible to query t iff
-  j <= cached + t.
+  over all its keys [0, cached + len), key j visible to query t iff j <= cached + t: read in place
+  through the page table by the Triton kernel (`paged_attn.paged_prefill_triton`, CUDA; when the
+  plan carries `page_table` / `cached` / `lengths` and the pool was built with use_triton), else
+  gathered through `kv_idx` and masked by `mask` for SDPA (any device).
 - decode: one new token per row at `positions[b]`; keys [0, positions[b]] of the row's pages,
   read either by the Triton kernel (`paged_attn.paged_decode_triton`, CUDA) or gathered to
   [B, kv_heads, L, D] for SDPA (any device; grouped-query heads folded into the query axis).
@@ -38,8 +40,12 @@ ATTN_NAME = "forge_paged"
 @dataclass
 class PrefillPlan:
     write_slots: torch.Tensor  # [B*T] int64: each new token's slot (padding → scratch page 0)
-    kv_idx: torch.Tensor  # [B, Lk] int64: slots of keys [0, Lk) of each row
-    mask: torch.Tensor  # [B, 1, T, Lk] additive (0 / -inf), model dtype
+    kv_idx: torch.Tensor | None = None  # [B, Lk] int64: slots of keys [0, Lk) of each row (SDPA path)
+    mask: torch.Tensor | None = None  # [B, 1, T, Lk] additive (0 / -inf), model dtype (SDPA path)
+    # the Triton path (used when all three are set and the PagedKV has use_triton), on the device:
+    page_table: torch.Tensor | None = None  # [>= B, max_pages] int32, row b = the batch's row b
+    cached: torch.Tensor | None = None  # [B] int32/int64: positions already in the pages
+    lengths: torch.Tensor | None = None  # [B] int32/int64: new tokens (<= T)
 
 
 @dataclass
@@ -119,6 +125,18 @@ class PagedKV:
         if isinstance(plan, PrefillPlan):
             kc.index_copy_(0, plan.write_slots, key.transpose(1, 2).reshape(batch * t, kv_heads, dim))
             vc.index_copy_(0, plan.write_slots, value.transpose(1, 2).reshape(batch * t, kv_heads, dim))
+            if (
+                self.use_triton
+                and plan.page_table is not None
+                and plan.cached is not None
+                and plan.lengths is not None
+            ):
+                from gateway.engines.native.paged_attn import paged_prefill_triton
+
+                return paged_prefill_triton(
+                    query, kc, vc, plan.page_table, plan.cached, plan.lengths, self.page_size, scale
+                )
+            assert plan.kv_idx is not None and plan.mask is not None
             keys = kc[plan.kv_idx].transpose(1, 2)  # [B, Hkv, Lk, D]
             values = vc[plan.kv_idx].transpose(1, 2)
             if rep > 1:

@@ -1,4 +1,5 @@
-"""Decode attention over a paged KV pool: a torch reference and a split-K Triton kernel (flash-decoding).
+"""Attention over a paged KV pool: torch references, a split-K Triton decode kernel (flash-decoding)
+and a Triton prefill kernel (flash attention over a cached prefix plus the new tokens).
 
 Layout (per layer):
 - `k_cache`, `v_cache`: [num_slots, Hkv, D], last dim contiguous; token slot = page * page_size + offset.
@@ -30,8 +31,20 @@ Notes for callers:
   numpy; there the bf16 dots are taken in fp32 (triton 3.9's interpreter multiplies bf16 bit
   patterns in tl.dot).
 
-Triton is optional: without it this module still imports (the reference and the byte count work on
-any machine); `paged_decode_triton` then raises.
+Prefill (`paged_prefill_triton`): q [B, Hq, T, D] (any strides, last dim contiguous) holds each row's
+`lengths[b]` new tokens, right-padded to T; new token i of row b sits at position cached[b] + i and
+sees keys [0, cached[b] + i] of the row's pages (its own included: the caller wrote the new keys and
+values into the pool first). Output [B, T, Hq, D], contiguous, q's dtype. Grid
+(ceil(T·rep / BLOCK_M), B, Hkv): a tile is BLOCK_M (token, head) pairs of one kv head, the `rep` query
+heads of a token adjacent (flattened index token·rep + head), so each K/V block is loaded once for all
+of them. Key blocks below the tile's first token's position are walked without a causal mask, the
+rest (up to the tile's last valid token) with one; blocks past it are never read. Padding queries
+(i >= lengths[b]) come out finite and meaningless: in a tile holding a valid token they attend as the
+row's last valid token does; a tile of padding only writes zeros. No host syncs (cached/lengths are
+read on the device); the page table must name a page for every position < cached[b] + lengths[b].
+
+Triton is optional: without it this module still imports (the references and the byte count work on
+any machine); the Triton entry points then raise.
 """
 
 from __future__ import annotations
@@ -75,6 +88,40 @@ def paged_decode_reference(
         scores = torch.einsum("hd,nhd->hn", q[b].float(), k) * scale
         probs = torch.softmax(scores, dim=-1)
         out[b] = torch.einsum("hn,nhd->hd", probs, v).to(q.dtype)
+    return out
+
+
+def paged_prefill_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    cached: torch.Tensor,
+    lengths: torch.Tensor,
+    page_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Plain torch, one row at a time, fp32 math: q [B, Hq, T, D] → [B, T, Hq, D].
+
+    New token i < lengths[b] of row b sees keys [0, cached[b] + i]; padding queries come out 0.
+    """
+    batch, q_heads, t, dim = q.shape
+    kv_heads = k_cache.shape[1]
+    rep = q_heads // kv_heads
+    out = torch.zeros((batch, t, q_heads, dim), dtype=q.dtype, device=q.device)
+    for b, (c, n) in enumerate(zip(cached.tolist(), lengths.tolist(), strict=True)):
+        c, n = int(c), int(n)
+        if n == 0:
+            continue
+        pos = torch.arange(c + n, device=q.device)
+        slots = page_table[b, pos // page_size].long() * page_size + pos % page_size
+        k = k_cache[slots].float().repeat_interleave(rep, dim=1)  # [c+n, Hq, D]
+        v = v_cache[slots].float().repeat_interleave(rep, dim=1)
+        scores = torch.einsum("htd,nhd->htn", q[b, :, :n].float(), k) * scale  # [Hq, n, c+n]
+        visible = pos[None, :] <= c + torch.arange(n, device=q.device)[:, None]  # [n, c+n]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[b, :n] = torch.einsum("htn,nhd->thd", probs, v).to(q.dtype)
     return out
 
 
@@ -257,6 +304,147 @@ if triton is not None:
         out = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
         tl.store(OUT + b64 * stride_ob + h * stride_oh + offs_d, out.to(OUT.dtype.element_ty))
 
+    @triton.jit
+    def _paged_prefill_block(
+        acc,
+        m_i,
+        l_i,
+        q,
+        k_base,
+        v_base,
+        pt_row,
+        n0,
+        end,
+        qpos,
+        stride_ks,
+        stride_vs,
+        qk_scale,
+        HEAD_DIM: tl.constexpr,
+        PAGE_SIZE: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        MASKED: tl.constexpr,
+        DOT_PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        """One key block [n0, n0 + BLOCK_N) into the online softmax. MASKED: the block may hold keys
+        past `end` (not loaded) or past some query's own position `qpos` (scored -inf)."""
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        pos = n0 + offs_n
+        if MASKED:
+            n_valid = pos < end
+            page = tl.load(pt_row + pos // PAGE_SIZE, mask=n_valid, other=0)
+        else:
+            page = tl.load(pt_row + pos // PAGE_SIZE)
+        slot = page.to(tl.int64) * PAGE_SIZE + pos % PAGE_SIZE
+        k_ptrs = k_base + slot[:, None] * stride_ks + offs_d[None, :]
+        v_ptrs = v_base + slot[:, None] * stride_vs + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=n_valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        if UPCAST:  # triton's interpreter multiplies bf16 bit patterns in tl.dot: take fp32 there
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        s = s * qk_scale  # [M, N], log2 units
+        if MASKED:  # pos <= qpos implies pos < end: unloaded keys are masked too
+            s = tl.where(pos[None, :] <= qpos[:, None], s, float("-inf"))
+        # finite: block 0 (always walked first) holds key 0, which every query sees
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=n_valid[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        if UPCAST:
+            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        acc = acc * alpha[:, None] + pv
+        return acc, m_new, l_i
+
+    @triton.jit
+    def _paged_prefill_kernel(
+        Q,
+        K,
+        V,
+        PT,
+        CACHED,
+        LENS,
+        OUT,
+        stride_qb,
+        stride_qh,
+        stride_qt,
+        stride_ks,
+        stride_kh,
+        stride_vs,
+        stride_vh,
+        stride_pt,
+        stride_ob,
+        stride_ot,
+        stride_oh,
+        num_tokens,
+        qk_scale,
+        REP: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        PAGE_SIZE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        DOT_PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        tile = tl.program_id(0)
+        b = tl.program_id(1)
+        kvh = tl.program_id(2)
+        b64 = b.to(tl.int64)
+        cached = tl.load(CACHED + b).to(tl.int32)
+        length = tl.load(LENS + b).to(tl.int32)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        flat = tile * BLOCK_M + offs_m  # token * REP + head within the kv head's group
+        tok = flat // REP
+        heads = kvh * REP + flat % REP
+        m_valid = tok < num_tokens
+        o_ptrs = (
+            OUT + b64 * stride_ob + tok[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+        )
+        tok_lo = (tile * BLOCK_M) // REP
+        if tok_lo >= length:  # padding only: zeros (finite, discarded by the caller)
+            tl.store(o_ptrs, tl.zeros([BLOCK_M, HEAD_DIM], OUT.dtype.element_ty), mask=m_valid[:, None])
+            return
+        last = length - 1
+        tok_hi = tl.minimum(tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // REP, num_tokens - 1), last)
+        qpos = cached + tl.minimum(tok, last)  # the last key each query sees (padding: the row's last)
+        end = cached + tok_hi + 1  # keys past the tile's last valid token are never read
+        full_end = ((cached + tok_lo + 1) // BLOCK_N) * BLOCK_N  # blocks every query of the tile sees whole
+
+        q = tl.load(
+            Q + b64 * stride_qb + heads[:, None] * stride_qh + tok[:, None] * stride_qt + offs_d[None, :],
+            mask=m_valid[:, None],
+            other=0.0,
+        )
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        pt_row = PT + b64 * stride_pt
+        k_base = K + kvh * stride_kh
+        v_base = V + kvh * stride_vh
+        for n0 in range(0, full_end, BLOCK_N):
+            acc, m_i, l_i = _paged_prefill_block(
+                acc, m_i, l_i, q, k_base, v_base, pt_row, n0, end, qpos, stride_ks, stride_vs, qk_scale,
+                HEAD_DIM, PAGE_SIZE, BLOCK_N, False, DOT_PREC, UPCAST,
+            )  # fmt: skip
+        for n0 in range(full_end, end, BLOCK_N):
+            acc, m_i, l_i = _paged_prefill_block(
+                acc, m_i, l_i, q, k_base, v_base, pt_row, n0, end, qpos, stride_ks, stride_vs, qk_scale,
+                HEAD_DIM, PAGE_SIZE, BLOCK_N, True, DOT_PREC, UPCAST,
+            )  # fmt: skip
+        acc = acc / l_i[:, None]
+        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=m_valid[:, None])
+
 
 def _interpreted() -> bool:
     """Whether the kernels were defined under TRITON_INTERPRET=1 (numpy on the CPU)."""
@@ -393,6 +581,115 @@ def paged_decode_triton(
     return out
 
 
+def default_prefill_blocks(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of `paged_prefill_triton`; BLOCK_M counts
+    (token, head) pairs, so a tile holds BLOCK_M / rep tokens."""
+    if dtype == torch.float32:
+        return (64, 32, 4, 2) if head_dim >= 128 else (64, 64, 4, 2)
+    return (128, 64, 8, 2)
+
+
+def paged_prefill_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    cached: torch.Tensor,
+    lengths: torch.Tensor,
+    page_size: int,
+    scale: float,
+    *,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Paged prefill attention on CUDA: q [B, Hq, T, D] → [B, T, Hq, D] (module docstring: layout).
+
+    `cached`, `lengths`: [B] int32 or int64 on q's device (read there: no host sync). `page_table`
+    int32 [>= B, max_pages], row b for q's row b. `out`, when given, is a [B, T, Hq, D] tensor of q's
+    dtype (last dim contiguous) written in place. Block sizes default to `default_prefill_blocks`.
+    """
+    if triton is None:
+        raise RuntimeError("paged_prefill_triton needs triton (pip install triton)")
+    if q.dim() != 4 or k_cache.dim() != 3:
+        raise ValueError(
+            f"q {tuple(q.shape)} must be [B, Hq, T, D], k_cache {tuple(k_cache.shape)} [slots, Hkv, D]"
+        )
+    batch, q_heads, num_tokens, dim = q.shape
+    _, kv_heads, kdim = k_cache.shape
+    if kdim != dim or v_cache.shape != k_cache.shape:
+        raise ValueError(f"k/v cache {tuple(k_cache.shape)}/{tuple(v_cache.shape)} vs q head_dim {dim}")
+    if q_heads % kv_heads:
+        raise ValueError(f"q heads {q_heads} not a multiple of kv heads {kv_heads}")
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"head_dim {dim} must be a power of two >= 16")
+    if page_size < 1 or page_size & (page_size - 1):
+        raise ValueError(f"page_size {page_size} must be a power of two")
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"dtype mismatch: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
+    if page_table.dtype != torch.int32:
+        raise ValueError(f"page_table must be int32, not {page_table.dtype}")
+    for name, t in (("cached", cached), ("lengths", lengths)):
+        if t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be int32 or int64, not {t.dtype}")
+        if t.shape != (batch,) or not t.is_contiguous():
+            raise ValueError(f"{name} {tuple(t.shape)} must be a contiguous [B={batch}]")
+    if page_table.dim() != 2 or page_table.shape[0] < batch:
+        raise ValueError(f"page_table {tuple(page_table.shape)} must be [>= B={batch}, max_pages]")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("page_table", page_table)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dim")
+    d_m, d_n, d_w, d_s = default_prefill_blocks(dim, q.dtype)
+    block_m, block_n = block_m or d_m, block_n or d_n
+    num_warps, num_stages = num_warps or d_w, num_stages or d_s
+    for name, v in (("block_m", block_m), ("block_n", block_n)):
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name} {v} must be a power of two >= 16")
+    shape = (batch, num_tokens, q_heads, dim)
+    if out is None:
+        out = torch.empty(shape, dtype=q.dtype, device=q.device)
+    elif out.shape != shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out {tuple(out.shape)} {out.dtype} must be {shape} {q.dtype}")
+    if batch == 0 or num_tokens == 0:
+        return out
+    rep = q_heads // kv_heads
+    grid = (triton.cdiv(num_tokens * rep, block_m), batch, kv_heads)
+    _paged_prefill_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        page_table,
+        cached,
+        lengths,
+        out,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        page_table.stride(0),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        num_tokens,
+        float(scale) * LOG2E,
+        REP=rep,
+        HEAD_DIM=dim,
+        PAGE_SIZE=page_size,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST=_interpreted() and q.dtype != torch.float32,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
+
+
 def paged_decode_splits(
     batch: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device | str
 ) -> int:
@@ -408,4 +705,6 @@ __all__ = [
     "paged_decode_reference",
     "paged_decode_splits",
     "paged_decode_triton",
+    "paged_prefill_reference",
+    "paged_prefill_triton",
 ]

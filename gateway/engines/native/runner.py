@@ -270,13 +270,15 @@ class ModelRunner:
         valid = steps[None, :] < lengths[:, None]
         real = kvmod.slot_index(table, torch.where(valid, positions, 0), self.page_size)
         scratch = (steps % self.page_size).expand(b, t)  # page 0
-        lk = int(max(c + len(x) for c, x in zip(cached, news, strict=True)))
-        keys = torch.arange(lk, device=self.device).expand(b, lk)
-        self.kv.plan = kvmod.PrefillPlan(
-            write_slots=torch.where(valid, real, scratch).reshape(-1),
-            kv_idx=kvmod.slot_index(table, keys, self.page_size),
-            mask=kvmod.prefill_mask(offsets, lengths, t, lk, self.dtype),
-        )
+        plan = kvmod.PrefillPlan(write_slots=torch.where(valid, real, scratch).reshape(-1))
+        if self.attention == "triton":  # the kernel reads the pages in place
+            plan.page_table, plan.cached, plan.lengths = table, offsets, lengths
+        else:
+            lk = int(max(c + len(x) for c, x in zip(cached, news, strict=True)))
+            keys = torch.arange(lk, device=self.device).expand(b, lk)
+            plan.kv_idx = kvmod.slot_index(table, keys, self.page_size)
+            plan.mask = kvmod.prefill_mask(offsets, lengths, t, lk, self.dtype)
+        self.kv.plan = plan
         out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
         last = out.last_hidden_state[torch.arange(b, device=self.device), lengths - 1]
         params = self._upload(rows, b, b)
