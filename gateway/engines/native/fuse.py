@@ -2,14 +2,21 @@
 
 A graph-replayed decode step of a 28-layer model was ~800 kernels, most of them 1–3 µs
 elementwise ones (RMSNorm's six, RoPE's ten, SiLU·mul). `fuse(model)` compiles those regions
-once each (dynamic shapes: one compile serves every batch bucket; the kernels are captured in the
-runner's CUDA graphs like any other):
+with dynamic shapes (the kernels are captured in the runner's CUDA graphs like any other):
 - every `*RMSNorm` module → one kernel (same math: fp32 variance, weight · normalised input),
 - the gated MLP's `act(gate) · up` → one kernel (SiLU models only),
 - the attention module's `apply_rotary_pos_emb` → one kernel for q and k.
 The sampler stays eager: compiled, its hash noise failed on an H100 (inductor indexes in int32
 and the hash's 2654435761 constant does not fit; 2026-12-06).
 The matrix products stay cuBLAS and attention stays the paged kernel. CUDA only.
+
+Recompiles: dynamo specialises a size of 1 and the rank, so a norm fed decode [B, 1, H], prefill
+[B, T, H] and the head norms [B, T, h, D] compiled 8 times, each a few seconds in the middle of
+serving (40 s of a 98 s multiturn run on an H100 was prefill, most of it this; 2026-12-06). The norm
+and the MLP product take a rank-2 view ([tokens, features]): 2 variants each (1 token or more).
+RoPE keeps its model-defined shapes (4 variants). The runner compiles every variant at start
+(`ModelRunner.warm_up`), and the recompile limit is raised so several models in one process (the
+GPU self-check) never hit dynamo's hard failure.
 """
 
 from __future__ import annotations
@@ -37,10 +44,19 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def _rows(fn: Callable[..., torch.Tensor], gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """fn over [tokens, features] views of gate and up, reshaped back: one rank for every caller."""
+    return fn(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])).view(gate.shape)
+
+
 _compiled: dict[str, Callable[..., Any]] = {}
 
 
 def _compile(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    config = torch._dynamo.config
+    for key in ("recompile_limit", "cache_size_limit"):  # the new name and the old one
+        if hasattr(config, key):
+            setattr(config, key, max(getattr(config, key), 64))
     if name not in _compiled:
         _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True)
     return _compiled[name]
@@ -57,11 +73,13 @@ def fuse(model: torch.nn.Module) -> list[str]:
         name = type(mod).__name__
         if name.endswith("RMSNorm") and hasattr(mod, "weight"):
             eps = float(getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6)))
-            mod.forward = types.MethodType(lambda self, x, _e=eps: norm(x, self.weight, _e), mod)
+            mod.forward = types.MethodType(
+                lambda self, x, _e=eps: norm(x.reshape(-1, x.shape[-1]), self.weight, _e).view(x.shape), mod
+            )
             norms += 1
         elif act == "silu" and all(hasattr(mod, a) for a in ("gate_proj", "up_proj", "down_proj")):
             mod.forward = types.MethodType(
-                lambda self, x: self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x))), mod
+                lambda self, x: self.down_proj(_rows(silu_mul, self.gate_proj(x), self.up_proj(x))), mod
             )
             mlps += 1
     if norms:

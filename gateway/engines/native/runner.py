@@ -52,6 +52,11 @@ def triton_available() -> bool:
     return True
 
 
+# (rows, tokens) of the forwards `ModelRunner.warm_up` runs: dynamo specialises sizes of 1, so these
+# are every shape class of the compiled regions (tests/engines/test_fuse.py pins that)
+WARM_UP_SHAPES = ((1, 1), (1, 2), (2, 1), (2, 2))
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -108,6 +113,7 @@ class ModelRunner:
             from gateway.engines.native import fuse
 
             self.fused = fuse.fuse(model)  # the sampler stays eager (fuse.py says why)
+            self.warm_up()
         self.use_cuda_graph = bool(use_cuda_graph and cuda)
         # Graphs run padded shapes; `pad_to_buckets` runs the same padded shapes eagerly (tests on CPU).
         self.pad_to_buckets = self.use_cuda_graph if pad_to_buckets is None else bool(pad_to_buckets)
@@ -247,6 +253,40 @@ class ModelRunner:
             logits = self._decode_forward(n, need)
         return self._sample(logits, params)
 
+    def _plan_prefill(
+        self, table: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, t: int, key_len: int
+    ) -> torch.Tensor:
+        """Set the PagedKV plan of a prefill of B rows (`offsets` cached, `lengths` new, padded to t;
+        key_len = max(offsets + lengths), a host int) over page-table rows `table` [B, max_pages];
+        returns the tokens' positions [B, T]."""
+        b = table.shape[0]
+        steps = torch.arange(t, device=self.device)
+        positions = offsets[:, None] + steps[None, :]  # [B, T]
+        valid = steps[None, :] < lengths[:, None]
+        real = kvmod.slot_index(table, torch.where(valid, positions, 0), self.page_size)
+        scratch = (steps % self.page_size).expand(b, t)  # page 0
+        plan = kvmod.PrefillPlan(write_slots=torch.where(valid, real, scratch).reshape(-1))
+        if self.attention == "triton":  # the kernel reads the pages in place
+            plan.page_table, plan.cached, plan.lengths = table, offsets, lengths
+        else:
+            keys = torch.arange(key_len, device=self.device).expand(b, key_len)
+            plan.kv_idx = kvmod.slot_index(table, keys, self.page_size)
+            plan.mask = kvmod.prefill_mask(offsets, lengths, t, key_len, self.dtype)
+        self.kv.plan = plan
+        return positions
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Forward every shape class the compiled regions specialise on (1 or 2 rows × 1 or 2
+        tokens) once, on the scratch page, so no compile lands in the middle of serving (fuse.py)."""
+        for b, t in WARM_UP_SHAPES:
+            table = torch.zeros(b, self.max_pages, dtype=torch.int32, device=self.device)
+            zeros = torch.zeros(b, dtype=torch.int64, device=self.device)
+            positions = self._plan_prefill(table, zeros, zeros + t, t, t)
+            ids = torch.zeros(b, t, dtype=torch.int64, device=self.device)
+            self.base(input_ids=ids, position_ids=positions, use_cache=False)
+        self.kv.plan = None
+
     @torch.inference_mode()
     def prefill(
         self, start: int, prompts: list[list[int]], cached: list[int], rows: RowInputs
@@ -264,21 +304,8 @@ class ModelRunner:
         offsets = torch.tensor(cached, dtype=torch.int64)
         ids, lengths, offsets = ids.to(self.device), lengths.to(self.device), offsets.to(self.device)
         self._upload_pages(start, start + b)
-        table = self._dev_pt[start : start + b]
-        steps = torch.arange(t, device=self.device)
-        positions = offsets[:, None] + steps[None, :]  # [B, T]
-        valid = steps[None, :] < lengths[:, None]
-        real = kvmod.slot_index(table, torch.where(valid, positions, 0), self.page_size)
-        scratch = (steps % self.page_size).expand(b, t)  # page 0
-        plan = kvmod.PrefillPlan(write_slots=torch.where(valid, real, scratch).reshape(-1))
-        if self.attention == "triton":  # the kernel reads the pages in place
-            plan.page_table, plan.cached, plan.lengths = table, offsets, lengths
-        else:
-            lk = int(max(c + len(x) for c, x in zip(cached, news, strict=True)))
-            keys = torch.arange(lk, device=self.device).expand(b, lk)
-            plan.kv_idx = kvmod.slot_index(table, keys, self.page_size)
-            plan.mask = kvmod.prefill_mask(offsets, lengths, t, lk, self.dtype)
-        self.kv.plan = plan
+        key_len = max(c + len(x) for c, x in zip(cached, news, strict=True))
+        positions = self._plan_prefill(self._dev_pt[start : start + b], offsets, lengths, t, key_len)
         out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
         last = out.last_hidden_state[torch.arange(b, device=self.device), lengths - 1]
         params = self._upload(rows, b, b)
