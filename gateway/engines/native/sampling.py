@@ -7,8 +7,9 @@ The draw is by inverse CDF with one uniform per row, a counter-based hash of (se
 token = the first index whose running sum of exp(scaled − max) reaches u · total. A seeded request
 draws the same tokens whatever else is in the batch, with no per-row generator object and no host
 round trip; unseeded requests get a random seed at admission. A handful of passes over [B, V]
-(max, exp, cumsum, compare), where the earlier Gumbel-max hashed every (row, token): 2.85 ms at
-batch 128 × 151936 vocab on an H100. A token the filters removed has zero weight and is never
+(max, exp, cumsum, compare), where the earlier Gumbel-max hashed every (row, token): the step's
+sampling part at batch 128 × 151936 vocab went 2.85 → 1.49 ms on an H100 (read-back included;
+`scripts/device/profile_engine.py`, 07b5530 → c5a77bc, 2026-12-06). A token the filters removed has zero weight and is never
 drawn (the pick is the first token *with weight* whose running sum reaches u · total).
 
 Log-prob returned: log_softmax of the model's raw logits (fp32) at the sampled token, i.e. the
