@@ -270,18 +270,26 @@ def watch_pids(watch: Watch, c: Cluster) -> set[int]:
     return {int(a["pid"]) for a in json.loads(out.stdout) if a.get("pid")} | watch.extra_pids
 
 
-def wait_for_lease(c: Cluster, prefix: str, worker_prefix: str, timeout_s: float = 120) -> str:
-    """Poll the pool (on host A) until a worker whose id starts with `worker_prefix` holds leases;
-    returns their task ids as JSON ("[]" after `timeout_s`)."""
+def wait_for_lease(
+    c: Cluster, prefix: str, worker_prefix: str, lease_s: float, fresh_s: float = 0.15, timeout_s: float = 120
+) -> str:
+    """Poll the pool (on host A) until a worker whose id starts with `worker_prefix` holds a lease
+    taken within the last `fresh_s` (deadline − Redis's clock > lease_s − fresh_s: an episode that
+    has barely started, so a kill now catches it in flight); returns the worker's leased task ids
+    as JSON ("[]" after `timeout_s`)."""
     code = (
         "import json, time; from data_pool import PoolConfig, connect\n"
         f"p = connect(PoolConfig(redis_url={c.redis_url!r}, key_prefix={prefix!r}))\n"
         f"deadline = time.time() + {timeout_s}\n"
+        "mine = []\n"
         "while time.time() < deadline:\n"
-        "    ids = [i.decode() for i in p.client.zrange(p.p + ':leases', 0, -1)]\n"
-        f"    mine = [i for i in ids if p.task_status(i).worker.startswith({worker_prefix!r})]\n"
-        "    if mine:\n        break\n"
-        "    time.sleep(0.01)\n"
+        "    sec, usec = p.client.time()\n"
+        "    now_ms = sec * 1000 + usec / 1000\n"
+        "    leases = [(i.decode(), d) for i, d in p.client.zrange(p.p + ':leases', 0, -1, withscores=True)]\n"
+        f"    mine = [i for i, _ in leases if p.task_status(i).worker.startswith({worker_prefix!r})]\n"
+        f"    fresh = [i for i, d in leases if i in mine and d - now_ms > {1000 * (lease_s - fresh_s)}]\n"
+        "    if fresh:\n        break\n"
+        "    time.sleep(0.005)\n"
         "print(json.dumps(mine), flush=True)\n"
     )
     poll = c.popen("a", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -312,8 +320,9 @@ def test_node_failure_stops_clearly_and_resume_continues(cluster, tmp_path):
         assert time.monotonic() < deadline, "no 3 steps within 400 s"
         time.sleep(0.5)
     before = pool_query(cluster, prefix, "p.counts()")
-    # kill the moment host C's worker holds a lease (episodes are short: it often holds none)
-    on_c = json.loads(wait_for_lease(cluster, prefix, "env-worker-host_c-"))
+    # kill the moment host C's worker takes a lease (episodes are short: a lease seen late is often
+    # already finishing through the gateway on A, and then nothing is left to retry)
+    on_c = json.loads(wait_for_lease(cluster, prefix, "env-worker-host_c-", lease_s=6))
     step_at_kill = len(rows(run_dir / "metrics.jsonl"))
     killed_at = time.monotonic()
     killed = cluster.kill_host("c")
