@@ -459,6 +459,32 @@ def default_block_n(head_dim: int, page_size: int, dtype: torch.dtype) -> int:
     return 64
 
 
+def _check_pool(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    q_heads: int,
+    dim: int,
+    page_size: int,
+) -> None:
+    """The checks both kernels' entry points share: pool shape vs q, head counts, sizes, dtypes, strides."""
+    kv_heads, kdim = k_cache.shape[1], k_cache.shape[2]
+    if kdim != dim or v_cache.shape != k_cache.shape:
+        raise ValueError(f"k/v cache {tuple(k_cache.shape)}/{tuple(v_cache.shape)} vs q head_dim {dim}")
+    if q_heads % kv_heads:
+        raise ValueError(f"q heads {q_heads} not a multiple of kv heads {kv_heads}")
+    if dim < 16 or dim & (dim - 1):
+        raise ValueError(f"head_dim {dim} must be a power of two >= 16")
+    if page_size < 1 or page_size & (page_size - 1):
+        raise ValueError(f"page_size {page_size} must be a power of two")
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"dtype mismatch: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("page_table", page_table)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dim")
+
+
 def paged_decode_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -485,26 +511,14 @@ def paged_decode_triton(
     if triton is None:
         raise RuntimeError("paged_decode_triton needs triton (pip install triton)")
     batch, q_heads, dim = q.shape
-    num_slots, kv_heads, kdim = k_cache.shape
-    if kdim != dim or v_cache.shape != k_cache.shape:
-        raise ValueError(f"k/v cache {tuple(k_cache.shape)}/{tuple(v_cache.shape)} vs q head_dim {dim}")
-    if q_heads % kv_heads:
-        raise ValueError(f"q heads {q_heads} not a multiple of kv heads {kv_heads}")
-    if dim < 16 or dim & (dim - 1):
-        raise ValueError(f"head_dim {dim} must be a power of two >= 16")
-    if page_size < 1 or page_size & (page_size - 1):
-        raise ValueError(f"page_size {page_size} must be a power of two")
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"dtype mismatch: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
+    kv_heads = k_cache.shape[1]
+    _check_pool(q, k_cache, v_cache, page_table, q_heads, dim, page_size)
     if page_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
         raise ValueError("page_table and seq_lens must be int32")
     if seq_lens.shape != (batch,) or page_table.shape[0] < batch:
         raise ValueError(
             f"seq_lens {tuple(seq_lens.shape)} / page_table {tuple(page_table.shape)} vs B={batch}"
         )
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("page_table", page_table)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dim")
     if not seq_lens.is_contiguous():
         raise ValueError("seq_lens must be contiguous")
     rep = q_heads // kv_heads
@@ -618,17 +632,8 @@ def paged_prefill_triton(
             f"q {tuple(q.shape)} must be [B, Hq, T, D], k_cache {tuple(k_cache.shape)} [slots, Hkv, D]"
         )
     batch, q_heads, num_tokens, dim = q.shape
-    _, kv_heads, kdim = k_cache.shape
-    if kdim != dim or v_cache.shape != k_cache.shape:
-        raise ValueError(f"k/v cache {tuple(k_cache.shape)}/{tuple(v_cache.shape)} vs q head_dim {dim}")
-    if q_heads % kv_heads:
-        raise ValueError(f"q heads {q_heads} not a multiple of kv heads {kv_heads}")
-    if dim < 16 or dim & (dim - 1):
-        raise ValueError(f"head_dim {dim} must be a power of two >= 16")
-    if page_size < 1 or page_size & (page_size - 1):
-        raise ValueError(f"page_size {page_size} must be a power of two")
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"dtype mismatch: q {q.dtype}, k {k_cache.dtype}, v {v_cache.dtype}")
+    kv_heads = k_cache.shape[1]
+    _check_pool(q, k_cache, v_cache, page_table, q_heads, dim, page_size)
     if page_table.dtype != torch.int32:
         raise ValueError(f"page_table must be int32, not {page_table.dtype}")
     for name, t in (("cached", cached), ("lengths", lengths)):
@@ -638,9 +643,6 @@ def paged_prefill_triton(
             raise ValueError(f"{name} {tuple(t.shape)} must be a contiguous [B={batch}]")
     if page_table.dim() != 2 or page_table.shape[0] < batch:
         raise ValueError(f"page_table {tuple(page_table.shape)} must be [>= B={batch}, max_pages]")
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("page_table", page_table)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dim")
     d_m, d_n, d_w, d_s = default_prefill_blocks(dim, q.dtype)
     block_m, block_n = block_m or d_m, block_n or d_n
     num_warps, num_stages = num_warps or d_w, num_stages or d_s
