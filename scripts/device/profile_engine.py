@@ -2,8 +2,9 @@
 
 Drives an EngineCore directly (no HTTP): B requests (128-token prompts, temperature 1, EOS
 ignored) admitted together, then timed decode steps split into the runner's parts: host input
-build + upload, graph replay (CUDA events), sampling + the host read-back, and the scheduler's
-bookkeeping (_advance). Then a torch.profiler table of a few steps at the largest batch.
+build + upload, graph replay (with the fused sampler inside it on CUDA + triton), the torch
+sampler (when it runs: rows that filter, or no triton; its read-back counted in it too), the host
+read-back, and the scheduler's bookkeeping (_advance). Then a torch.profiler table of a few steps at the largest batch.
 
     python3 scripts/device/profile_engine.py [--model qwen3_0p6b_random] [--batches 16,32,64,128]
 """
@@ -54,8 +55,9 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    timing = {"upload": 0.0, "graph": 0.0, "sample": 0.0}
-    orig_upload, orig_graph, orig_sample = runner._upload, runner._graph_logits, runner._sample
+    timing = {"upload": 0.0, "graph": 0.0, "sample": 0.0, "read_back": 0.0}
+    names = {"upload": "_upload", "graph": "_graph_logits", "sample": "_sample", "read_back": "_read_back"}
+    originals = {k: getattr(runner, v) for k, v in names.items()}
 
     def timed(name, fn):
         def wrapper(*args, **kw):
@@ -95,14 +97,14 @@ def main() -> None:
         # split (syncs added between the parts, so the parts sum to a bit more than `whole`)
         for k in timing:
             timing[k] = 0.0
-        runner._upload = timed("upload", orig_upload)
-        runner._graph_logits = timed("graph", orig_graph)
-        runner._sample = timed("sample", orig_sample)
+        for k, v in names.items():
+            setattr(runner, v, timed(k, originals[k]))
         t = time.perf_counter()
         for _ in range(a.steps):
             core._decode()
         split_total = (time.perf_counter() - t) / a.steps
-        runner._upload, runner._graph_logits, runner._sample = orig_upload, orig_graph, orig_sample
+        for k, v in names.items():
+            setattr(runner, v, originals[k])
         parts = {k: round(1000 * v / a.steps, 3) for k, v in timing.items()}
         rest = round(1000 * split_total - sum(parts.values()), 3)
         keys = sum(r.position + 1 for r in core.rows)

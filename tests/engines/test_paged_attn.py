@@ -5,13 +5,8 @@ checked on a GPU by scripts/device/paged_attn_check.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +18,7 @@ from gateway.engines.native.paged_attn import (
     paged_decode_reference,
     paged_prefill_reference,
 )
+from tests.helpers.interp import run_interp_child
 
 
 def paged_case(lens, kv_heads, rep, dim, page_size, dtype, seed=0, max_len=None):
@@ -123,9 +119,7 @@ def test_split_choice_covers_max_len_and_fills_the_gpu(batch, max_len):
         assert batch * 8 * splits >= 0.9 * 2 * 132
 
 
-# ---- the Triton kernel under triton's interpreter -------------------------------------------------
-# TRITON_INTERPRET must be set before triton itself is imported (triton.language's own @jit helpers are
-# decorated then), so the kernel cases run in one child process and the tests read its results.
+# ---- the Triton kernel under triton's interpreter (a child process: tests/helpers/interp.py) -------
 
 INTERP_CASES = {
     # id: (lens, kv_heads, rep, dim, page_size, num_splits, max_len)
@@ -175,32 +169,9 @@ def _interp_main() -> None:
     print("RESULTS " + json.dumps(res))
 
 
-def _run_interp_child(entry: str) -> dict:
-    """Run this file's function `entry` in a child with TRITON_INTERPRET=1; its RESULTS line, parsed."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed: pip install triton to run the kernel on its CPU interpreter")
-    root = Path(__file__).resolve().parents[2]
-    code = (
-        "import importlib.util, sys; sys.path.insert(0, sys.argv[1]); "
-        "spec = importlib.util.spec_from_file_location('paged_attn_interp_test', sys.argv[2]); "
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); getattr(m, sys.argv[3])()"
-    )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(root), __file__, entry],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-    assert proc.returncode == 0 and lines, f"interpreter child failed:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(lines[-1].removeprefix("RESULTS "))
-
-
 @pytest.fixture(scope="module")
 def interp_results() -> dict:
-    return _run_interp_child("_interp_main")
+    return run_interp_child(__file__, "_interp_main")
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
@@ -396,7 +367,7 @@ def _prefill_interp_main() -> None:
 
 @pytest.fixture(scope="module")
 def prefill_interp_results() -> dict:
-    return _run_interp_child("_prefill_interp_main")
+    return run_interp_child(__file__, "_prefill_interp_main")
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from gateway.engines.native import kv as kvmod
+from gateway.engines.native.sample_kernel import sample_fused
 from gateway.engines.native.sampling import RowParams, sample
 
 
@@ -108,6 +109,9 @@ class ModelRunner:
         )
         kvmod.bind(model, self.kv)
         self._sample_fn = sample
+        # rows without top-k / top-p / min-p sample in one Triton kernel (sample_kernel.py), inside
+        # the decode graph; with a filter, the torch sampler (sampling.py) runs after the logits
+        self.fused_sampler = self.attention == "triton"
         self.fused: list[str] = []
         if compile and cuda:  # the small elementwise regions compiled (fuse.py); CUDA only
             from gateway.engines.native import fuse
@@ -130,7 +134,8 @@ class ModelRunner:
         self._dev_pt = torch.zeros(max_running, self.max_pages, dtype=torch.int32, device=self.device)
         self.batch_buckets = _buckets(max_running, [1, 2, 4, 8, 16], 8)
         self.length_buckets = _buckets(context_length, [64, 128, 256, 512, 1024], 1024)
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (batch, length, sampler in the graph) -> (graph, its output: logits or [2, B] samples)
+        self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: object | None = None
 
     # ---- the page table ----------------------------------------------------------------
@@ -189,7 +194,9 @@ class ModelRunner:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
-    def _decode_forward(self, batch: int, length: int) -> torch.Tensor:
+    def _decode_forward(self, batch: int, length: int, fused: bool = False) -> torch.Tensor:
+        """Logits [batch, V] of one decode step, or with `fused` its samples [2, batch] (tokens,
+        log-probs; float64) drawn by the fused kernel from the raw model-dtype logits."""
         positions = self._dev_i[1, :batch]
         table = self._dev_pt[:batch]
         seq_lens = (positions + 1).to(torch.int32)
@@ -207,21 +214,36 @@ class ModelRunner:
         out = self.base(
             input_ids=self._dev_i[0, :batch, None], position_ids=positions[:, None], use_cache=False
         )
-        return self._logits(out.last_hidden_state[:, -1])
+        hidden = out.last_hidden_state[:, -1]
+        if fused:  # the drawn token is at position + 1
+            return self._fused_sample(self.lm_head(hidden), self._dev_f[0, :batch], self._dev_i[3, :batch],
+                                      positions, 1)  # fmt: skip
+        return self._logits(hidden)
 
-    def _graph_logits(self, batch: int, length: int) -> torch.Tensor:
-        key = (batch, length)
+    @staticmethod
+    def _fused_sample(
+        logits: torch.Tensor,
+        temperature: torch.Tensor,
+        seed: torch.Tensor,
+        position: torch.Tensor,
+        offset: int,
+    ) -> torch.Tensor:
+        return sample_fused(logits, temperature, seed, position, position_offset=offset)
+
+    def _graph_logits(self, batch: int, length: int, fused: bool = False) -> torch.Tensor:
+        """Replay (capturing on first use) the decode graph of this bucket: `_decode_forward`'s output."""
+        key = (batch, length, fused)
         if key not in self._graphs:
             # Warm up on a side stream, then capture. Both runs write this step's keys/values at
             # this step's positions, which the replay below writes again identically.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._decode_forward(batch, length)
+                self._decode_forward(batch, length, fused)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                logits = self._decode_forward(batch, length)
+                logits = self._decode_forward(batch, length, fused)
             if self._pool is None:
                 self._pool = graph.pool()
             self._graphs[key] = (graph, logits)
@@ -246,12 +268,14 @@ class ModelRunner:
             params = self._upload(rows, n, batch)
             self._upload_pages(0, batch)
             run = self._graph_logits if self.use_cuda_graph else self._decode_forward
-            logits = run(batch, length)[:n]
         else:
+            batch, length = n, need
             params = self._upload(rows, n, n)
             self._upload_pages(0, n)
-            logits = self._decode_forward(n, need)
-        return self._sample(logits, params)
+            run = self._decode_forward
+        if self.fused_sampler and not params.any_filter:
+            return self._read_back(run(batch, length, True)[:, :n])
+        return self._sample(run(batch, length)[:n], params)
 
     def _plan_prefill(
         self, table: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, t: int, key_len: int
@@ -309,12 +333,21 @@ class ModelRunner:
         out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
         last = out.last_hidden_state[torch.arange(b, device=self.device), lengths - 1]
         params = self._upload(rows, b, b)
+        if self.fused_sampler and not params.any_filter:
+            return self._read_back(
+                self._fused_sample(self.lm_head(last), params.temperature, params.seed, params.position, 0)
+            )
         return self._sample(self._logits(last), params)
 
     def _sample(self, logits: torch.Tensor, params: RowParams) -> tuple[list[int], list[float]]:
         tokens, logprobs = self._sample_fn(logits, params)
-        both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).cpu()
-        return [int(x) for x in both[0].tolist()], both[1].tolist()
+        return self._read_back(torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]))
+
+    @staticmethod
+    def _read_back(both: torch.Tensor) -> tuple[list[int], list[float]]:
+        """[2, n] float64 (tokens, log-probs) on the device → host lists: the step's one sync."""
+        host = both.cpu()
+        return [int(x) for x in host[0].tolist()], host[1].tolist()
 
     def reset_graphs(self) -> None:
         """Drop captured graphs (their parameters are read in place, so weight updates keep them valid)."""
