@@ -9,7 +9,11 @@ Catches what only shows on CUDA (graph capture, bucket padding, stream ordering,
 2. bf16 (the bench model): greedy tokens compared the same way, but a divergence counts as a
    tie-flip, not a failure, when the reference's top-2 logits at that step are within 0.1
    (bf16 rounding differs between any two kernels); log-probs within 0.15 up to there.
-3. seeded sampling: the same seed gives the same tokens alone and in a crowded batch.
+3. seeded sampling, with top-p (the torch sampler) and without (the fused Triton sampler on CUDA):
+   the same seed gives the same tokens alone and in a crowded batch. Checked in fp32; in bf16 the
+   logits themselves differ with the batch (GEMM kernels differ per size, see 2), so a draw near a
+   CDF boundary may flip and the rest of the sequence with it: there the tokens that agree before
+   the first divergence are reported, not failed.
 
     python -m gateway.engines.gpu_selfcheck [--device cuda] [--model qwen3_0p6b_random] [--json]
 """
@@ -112,8 +116,10 @@ def _check_model(
     sp = {"temperature": 0.0, "ignore_eos": True}
     with start_engine_in_thread(model, max_running_requests=8, context_length=400) as handle:
         together, alone = _engine_runs(handle.url, prompts, NEW, sp)
-        seeded = {"temperature": 1.0, "top_p": 0.9, "sampling_seed": 1234, "ignore_eos": True}
-        s_together, s_alone = _engine_runs(handle.url, prompts, NEW, seeded)
+        seeded_runs = {}
+        for name, extra in (("top-p 0.9", {"top_p": 0.9}), ("unfiltered", {})):
+            sp_seeded = {"temperature": 1.0, "sampling_seed": 1234, "ignore_eos": True, **extra}
+            seeded_runs[name] = _engine_runs(handle.url, prompts, NEW, sp_seeded)
     results = []
     for i, (p, n) in enumerate(zip(prompts, NEW, strict=True)):
         ref, ref_logits = _reference(ref_model, p, n, device)
@@ -121,11 +127,27 @@ def _check_model(
             r = _compare(f"{label} len={len(p)} {mode}", res, ref, ref_logits, tie_tol, lp_tol)
             results.append(r)
             log(f"  {'ok ' if r['ok'] else 'BAD'} {r}")
-    same = all(a.output_ids == b.output_ids for a, b in zip(s_together, s_alone, strict=True))
-    results.append({"name": f"{label} seeded sampling batched == alone", "ok": same})
-    log(f"  {'ok ' if same else 'BAD'} seeded sampling batched == alone")
+    for name, (s_together, s_alone) in seeded_runs.items():
+        pairs = list(zip(s_together, s_alone, strict=True))
+        same = all(a.output_ids == b.output_ids for a, b in pairs)
+        agree = sum(_common_prefix(a.output_ids, b.output_ids) for a, b in pairs)
+        total = sum(len(b.output_ids) for _, b in pairs)
+        ok = same or tie_tol is not None
+        r = {"name": f"{label} seeded sampling ({name}) batched == alone", "same": same,
+             "tokens_agreeing_before_divergence": f"{agree}/{total}", "ok": ok}  # fmt: skip
+        results.append(r)
+        log(f"  {'ok ' if ok else 'BAD'} {r}")
     del ref_model
     return results
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def run(
