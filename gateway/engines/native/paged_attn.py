@@ -17,7 +17,8 @@ returns at once, and the combine step reads only the splits that hold keys. No h
 Kernel 1 (grid B × Hkv × splits): the `rep` query heads of one kv head, padded to a tl.dot M of 16
 (masked), walk their chunk of keys BLOCK_N at a time (slots read through the page table), with an
 online softmax in base 2; each split writes its normalised partial output and its log2-sum-exp.
-With one split it writes the final output directly. Kernel 2 (grid B × Hq) merges the splits.
+With one split (of the grid, or of the row: seq_len <= chunk) it writes the final output directly.
+Kernel 2 (grid B × Hq) merges the splits of the rows that have several.
 
 Notes for callers:
 - q, k_cache, v_cache share one dtype (bf16 and fp32 are checked; fp16 should work, untested).
@@ -182,6 +183,9 @@ if triton is not None:
         SEQ,
         OUT,
         LSE,
+        FINAL,
+        stride_fb,
+        stride_fh,
         stride_qb,
         stride_qh,
         stride_ks,
@@ -262,6 +266,9 @@ if triton is not None:
         if ONE_SPLIT:
             o_ptrs = OUT + b64 * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
             tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=m_valid[:, None])
+        elif seq_len <= chunk:  # the row's keys all sit in split 0: final output, no combine
+            f_ptrs = FINAL + b64 * stride_fb + heads[:, None] * stride_fh + offs_d[None, :]
+            tl.store(f_ptrs, acc.to(FINAL.dtype.element_ty), mask=m_valid[:, None])
         else:
             o_ptrs = OUT + b64 * stride_ob + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :]
             tl.store(o_ptrs, acc, mask=m_valid[:, None])
@@ -288,6 +295,8 @@ if triton is not None:
         b = tl.program_id(0)
         h = tl.program_id(1)
         seq_len = tl.load(SEQ + b)
+        if seq_len <= chunk:  # one split: the split kernel wrote the output
+            return
         # splits that hold keys (the rest were never written); clamped for seq_len > max_len (a caller bug)
         used = tl.minimum((seq_len + chunk - 1) // chunk, splits)
         offs_s = tl.arange(0, BLOCK_S)
@@ -554,6 +563,9 @@ def paged_decode_triton(
         seq_lens,
         part,
         lse,
+        out,
+        out.stride(0),
+        out.stride(1),
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
