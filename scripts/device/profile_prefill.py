@@ -79,6 +79,7 @@ def main() -> None:
         return time.perf_counter() - t
 
     def run_case(b: int, cached: int, new: int) -> float:
+        core.flush_cache()  # the runs before left their pages cached (and recent: kept from cold rows)
         base = [torch.randint(100, 20000, (max(cached, 1),), generator=gen).tolist() for _ in range(b)]
         if cached:
             admit(base)
