@@ -5,6 +5,7 @@
 #             uncompiled, and the old tree's engine (.ab/old.tar, with its profile_engine.py)
 #   selfcheck greedy == model.generate and log-probs vs a full forward, on the device
 #   long      decode step at 2048-token contexts beside the KV-bandwidth floor
+#   prefill   prefill of B rows x C cached + T new tokens vs its matmul time (profile_prefill.py)
 #   multiturn old vs new engine on the multiturn workload (engine_multiturn.sh; its env knobs)
 # usage: STAGES="check profile selfcheck" bash scripts/device/engine_figures.sh
 #        (carry .device-bundle and .ab; NEW_ARGS="--no-compile" drops compile in profile/long)
@@ -31,6 +32,9 @@ for stage in ${STAGES:-check profile selfcheck}; do
       echo "rc $?"; tail -c 1500 "$OUT/selfcheck.json"; tail -5 "$OUT/selfcheck.log" ;;
     long) timeout 250 python3 scripts/device/profile_engine.py --prompt-len 2048 --batches 16,64 --kv-cache-gb 30 \
       --no-profile $NEW_ARGS 2>&1 | grep -v Warning | tail -6 ;;
+    prefill) timeout 120 python3 scripts/device/profile_prefill.py --repeat 3 > "$OUT/prefill.log" 2>&1
+      echo "rc $?"; grep "^prefill\|Error" "$OUT/prefill.log"
+      grep -A 20 "Self CUDA %" "$OUT/prefill.log" | tail -20 ;;
     multiturn) bash scripts/device/engine_multiturn.sh ;;
     *) echo "unknown stage $stage" ;;
   esac
