@@ -13,6 +13,8 @@ The scheduler (`core.py`) decides what runs; this module only runs it.
 from __future__ import annotations
 
 import bisect
+import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,8 @@ import torch
 from gateway.engines.native import kv as kvmod
 from gateway.engines.native.sample_kernel import sample_fused
 from gateway.engines.native.sampling import RowParams, sample
+
+log = logging.getLogger("forge.engine")
 
 
 @dataclass
@@ -56,6 +60,9 @@ def triton_available() -> bool:
 # (rows, tokens) of the forwards `ModelRunner.warm_up` runs: dynamo specialises sizes of 1, so these
 # are every shape class of the compiled regions (tests/engines/test_fuse.py pins that)
 WARM_UP_SHAPES = ((1, 1), (1, 2), (2, 1), (2, 2))
+# and the Triton prefill kernel's: triton specialises an int argument equal to 1 or divisible by 16
+# (its token count), so a 16-token prefill compiles the third variant at start too
+KERNEL_WARM_UP_TOKENS = 16
 
 
 class ModelRunner:
@@ -137,6 +144,8 @@ class ModelRunner:
         # (batch, length, sampler in the graph) -> (graph, its output: logits or [2, B] samples)
         self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: object | None = None
+        if self.use_cuda_graph and self.attention == "triton":
+            self.capture_graphs()
 
     # ---- the page table ----------------------------------------------------------------
     def set_pages(self, row: int, pages: list[int]) -> None:
@@ -300,16 +309,41 @@ class ModelRunner:
         return positions
 
     @torch.inference_mode()
+    def capture_graphs(self) -> None:
+        """Capture the decode graph of every batch bucket now (largest first, so the smaller ones
+        reuse its memory pool), as SGLang does at start, instead of on each bucket's first use in
+        the middle of serving. With the Triton kernel there is one graph per batch bucket (and
+        sampler choice: the fused one here; rows that filter capture the logits graph on first use).
+        The inputs are the zeroed static buffers: every row writes and reads the scratch page."""
+        started = time.perf_counter()
+        self.page_table[:] = 0
+        self._upload_pages(0, self.max_running)
+        for batch in reversed(self.batch_buckets):
+            self._graph_logits(batch, self.context_length, self.fused_sampler)
+        torch.cuda.synchronize(self.device)
+        log.info(
+            "captured %d decode graphs in %.1f s", len(self.batch_buckets), time.perf_counter() - started
+        )
+
+    @torch.inference_mode()
     def warm_up(self) -> None:
         """Forward every shape class the compiled regions specialise on (1 or 2 rows × 1 or 2
-        tokens) once, on the scratch page, so no compile lands in the middle of serving (fuse.py)."""
-        for b, t in WARM_UP_SHAPES:
+        tokens) once, on the scratch page, so no compile lands in the middle of serving (fuse.py);
+        then the prefill kernel's and the prefill sampler's remaining Triton variants."""
+        shapes = (
+            WARM_UP_SHAPES + ((1, KERNEL_WARM_UP_TOKENS),) if self.attention == "triton" else WARM_UP_SHAPES
+        )
+        for b, t in shapes:
             table = torch.zeros(b, self.max_pages, dtype=torch.int32, device=self.device)
             zeros = torch.zeros(b, dtype=torch.int64, device=self.device)
             positions = self._plan_prefill(table, zeros, zeros + t, t, t)
             ids = torch.zeros(b, t, dtype=torch.int64, device=self.device)
             self.base(input_ids=ids, position_ids=positions, use_cache=False)
         self.kv.plan = None
+        if self.fused_sampler:  # the prefill's draw (position offset 0; decode's 1 is captured)
+            logits = torch.zeros(1, self.vocab_size, dtype=self.dtype, device=self.device)
+            zero = torch.zeros(1, dtype=torch.int64, device=self.device)
+            self._fused_sample(logits, torch.ones(1, device=self.device), zero, zero, 0)
 
     @torch.inference_mode()
     def prefill(
