@@ -1,50 +1,111 @@
-"""fuse.py's compiled norms / MLP product / RoPE on the CPU (inductor builds C++ there): the fused
-model computes what the plain one does, and after the shape classes the runner warms up (1 or 2
-rows × 1 or 2 tokens) no other shape triggers a compile (each one cost seconds mid-serving on a GPU)."""
+"""The engine's fused layers on the CPU (inductor builds C++ there): one GEMM for q/k/v and one for
+gate/up (projections.py), their elementwise regions compiled (fuse.py). A compiled engine computes
+what an uncompiled one does, a weight update lands in the fused weights, and after the shape classes
+the runner warms up (1 or 2 rows × 1 or 2 tokens) no serving shape triggers a compile (each one cost
+seconds mid-serving on a GPU)."""
 
 from __future__ import annotations
 
-import sys
+import concurrent.futures
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+
+
+def _core(model_dir, compile: bool):
+    from gateway.engines.native.core import EngineCore
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    core = EngineCore(
+        model,
+        None,
+        max_running=8,
+        context_length=256,
+        use_cuda_graph=False,
+        eos_token_ids=set(),
+        compile=compile,
+    )
+    core.start()
+    return core
+
+
+def _generate(core, prompts: list[list[int]], n: int) -> list[tuple[list[int], list[float]]]:
+    from gateway.engines.native.request import parse_generate
+
+    futs = []
+    for i, ids in enumerate(prompts):
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        body = {
+            "input_ids": ids,
+            "rid": f"f{id(core)}-{i}-{len(ids)}",
+            "sampling_params": {**GREEDY, "max_new_tokens": n},
+        }
+        req, _ = parse_generate({**body, "return_logprob": True}, core.vocab_size, core.context_length, None)
+        core.submit(req, fut.set_result)
+        futs.append(fut)
+    out = []
+    for fut in futs:
+        meta = fut.result(timeout=120)["meta_info"]
+        lps = meta["output_token_logprobs"]
+        out.append(([t for _, t, _ in lps], [lp for lp, _, _ in lps]))
+    return out
+
 
 @pytest.fixture(scope="module")
-def models(random_model_dir):
-    from gateway.engines.native import fuse
-
-    plain = transformers.AutoModelForCausalLM.from_pretrained(random_model_dir, dtype=torch.float32).eval()
-    fused = transformers.AutoModelForCausalLM.from_pretrained(random_model_dir, dtype=torch.float32).eval()
-    attn = next(m for m in fused.modules() if hasattr(m, "k_proj"))
-    module = sys.modules[type(attn).__module__]
-    rope = module.apply_rotary_pos_emb  # fuse patches it module-wide: put it back for later tests
-    done = fuse.fuse(fused)
-    yield plain, fused, done
-    module.apply_rotary_pos_emb = rope
+def cores(random_model_dir):
+    plain, fused = _core(random_model_dir, False), _core(random_model_dir, True)
+    yield plain, fused
+    plain.stop()
+    fused.stop()
 
 
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(input_ids=ids, use_cache=False).logits
-
-
-def test_fused_model_matches_plain_and_compiles_only_warm_up_shapes(models):
+def test_compiled_engine_matches_plain_and_compiles_only_warm_up_shapes(cores):
     from torch._dynamo.utils import counters
 
-    from gateway.engines.native.runner import WARM_UP_SHAPES
-
-    plain, fused, done = models
-    assert any("RMSNorm" in d for d in done) and any("MLP" in d for d in done), done
-    gen = torch.Generator().manual_seed(0)
-    vocab = plain.config.vocab_size
-    for b, t in WARM_UP_SHAPES:
-        ids = torch.randint(0, vocab, (b, t), generator=gen)
-        torch.testing.assert_close(_logits(fused, ids), _logits(plain, ids), rtol=1e-4, atol=1e-4)
+    plain, fused = cores
+    assert any("qkv" in d for d in plain.runner.fused) and any("gate_up" in d for d in plain.runner.fused)
+    assert any("RoPE" in d for d in fused.runner.fused) and any("MLP" in d for d in fused.runner.fused)
     frames = counters["stats"]["unique_graphs"]
-    for b, t in ((3, 1), (5, 7), (1, 9), (8, 1), (4, 33)):  # decode and prefill shapes of serving
-        ids = torch.randint(0, vocab, (b, t), generator=gen)
-        torch.testing.assert_close(_logits(fused, ids), _logits(plain, ids), rtol=1e-4, atol=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    vocab = plain.vocab_size
+    for rows, length in ((3, 1), (5, 7), (1, 9), (8, 2), (4, 33)):  # batched decode and prefill shapes
+        prompts = [torch.randint(5, vocab, (length + i,), generator=gen).tolist() for i in range(rows)]
+        a, b = _generate(plain, prompts, 6), _generate(fused, prompts, 6)
+        for (ta, la), (tb, lb) in zip(a, b, strict=True):
+            assert ta == tb
+            torch.testing.assert_close(torch.tensor(lb), torch.tensor(la), rtol=1e-4, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == frames, "a serving shape compiled again"
+
+
+def test_projections_keep_names_and_take_updates_in_place(random_model_dir):
+    from gateway.engines.native import kv as kvmod
+    from gateway.engines.native import weights
+    from gateway.engines.native.projections import fuse_projections
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(random_model_dir, dtype=torch.float32).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kvmod.bind(model, kvmod.PagedKV(model.config.num_hidden_layers, 4, 4, 2, 16, torch.float32, "cpu"))
+    done = fuse_projections(model)
+    layers = model.config.num_hidden_layers
+    assert done == [f"{layers} qkv", f"{layers} gate_up"]
+    after = model.state_dict()
+    assert after.keys() == before.keys(), "fusing added or dropped a parameter name"
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    q_rows = attn.q_proj.weight.shape[0]
+    new_k = torch.randn_like(attn.k_proj.weight)
+    new_up = torch.randn_like(mlp.up_proj.weight)
+    weights.apply(
+        model, {"model.layers.0.self_attn.k_proj.weight": new_k, "model.layers.0.mlp.up_proj.weight": new_up}
+    )
+    assert torch.equal(attn.forge_qkv_weight[q_rows : q_rows + new_k.shape[0]], new_k)
+    assert torch.equal(mlp.forge_gate_up_weight[mlp.forge_inter :], new_up)
+    norm = torch.randn_like(attn.k_norm.weight)
+    weights.apply(model, {"model.layers.0.self_attn.k_norm.weight": norm})
+    assert torch.equal(attn.forge_k_norm, norm), "the fused forward reads the updated head norm"

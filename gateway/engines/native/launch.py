@@ -36,7 +36,7 @@ class EngineConfig:
     page_size: int = 16  # token positions per KV page
     prefix_cache: bool = True  # reuse cached prompt prefixes across requests (flushed on weight updates)
     attention: str = "auto"  # decode attention: triton (CUDA), sdpa (any device), auto: triton on CUDA
-    compile: bool = True  # CUDA: torch.compile the norms, RoPE, MLP activation and sampler (fuse.py)
+    compile: bool = True  # CUDA: torch.compile the norms, q/k norm + RoPE and MLP activation (fuse.py)
     seed: int = 0
     pad_to_buckets: bool | None = None  # None: as CUDA graphs; True on CPU runs graph shapes eagerly
     prefill_batch: int = 16  # while others decode, admit new requests in groups of this many...
@@ -111,7 +111,7 @@ def build_core(
         page_size=cfg.page_size,
         prefix_cache=cfg.prefix_cache,
         attention=cfg.attention,
-        compile=cfg.compile,
+        compile=cfg.compile and on_cuda,  # inductor's CPU build costs more than it saves here
     )
     info = {
         "model_path": path,

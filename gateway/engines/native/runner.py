@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from gateway.engines.native import kv as kvmod
+from gateway.engines.native import projections
 from gateway.engines.native.sample_kernel import sample_fused
 from gateway.engines.native.sampling import RowParams, sample
 
@@ -115,15 +116,16 @@ class ModelRunner:
             use_triton=self.attention == "triton",
         )
         kvmod.bind(model, self.kv)
+        # one GEMM for q/k/v and one for gate/up, on every device (projections.py)
+        self.fused: list[str] = projections.fuse_projections(model)
         self._sample_fn = sample
         # rows without top-k / top-p / min-p sample in one Triton kernel (sample_kernel.py), inside
         # the decode graph; with a filter, the torch sampler (sampling.py) runs after the logits
         self.fused_sampler = self.attention == "triton"
-        self.fused: list[str] = []
-        if compile and cuda:  # the small elementwise regions compiled (fuse.py); CUDA only
+        if compile:  # the small elementwise regions compiled (fuse.py); launch.py asks on CUDA only
             from gateway.engines.native import fuse
 
-            self.fused = fuse.fuse(model)  # the sampler stays eager (fuse.py says why)
+            self.fused += fuse.fuse(model)  # the sampler stays eager (fuse.py says why)
             self.warm_up()
         self.use_cuda_graph = bool(use_cuda_graph and cuda)
         # Graphs run padded shapes; `pad_to_buckets` runs the same padded shapes eagerly (tests on CPU).
