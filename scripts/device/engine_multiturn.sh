@@ -21,7 +21,7 @@
 source scripts/device/setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 NEW=$PWD
-TREES=${TREES:-old new}
+TREES=${TREES-old new}  # TREES="" with ADMISSION=1: the admission run alone
 EPISODES=${EPISODES:-128} KV_GB=${KV_GB:-16} MAX_RUNNING=${MAX_RUNNING:-128}
 MODEL=${MODEL:-qwen3_0p6b_random}
 CALLS=${CALLS:-16} TOOL=${TOOL:-128} COMPLETION=${COMPLETION:-128} PROMPT=${PROMPT:-128} GROUP=${GROUP:-8}

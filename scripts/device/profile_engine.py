@@ -84,7 +84,13 @@ def main() -> None:
         core._waiting.extend(reqs)
         for r in reqs:
             core._rids.add(r.rid)
-        core._admit()
+        while core._waiting:  # every row, however many prefills max_prefill_tokens splits it into
+            batch, _ = core._take_waiting(gate=False)
+            if not batch:
+                raise RuntimeError(
+                    f"{len(core._waiting)} requests do not fit the KV pool: raise --kv-cache-gb"
+                )
+            core._prefill(batch)
         for _ in range(5):  # graph capture + warm-up
             core._decode()
         sync()
