@@ -49,6 +49,32 @@ def test_match_insert_share_and_evict():
     assert len(got) == 8 and cache.nodes == 0 and cache.match(a) == []
 
 
+def test_rematch_equals_match_after_evict_insert_and_flush():
+    """A waiting request re-matches from its last match; the result is always a fresh match's."""
+    pool = PagePool(9)
+    cache = PrefixCache(pool, P)
+    toks = list(range(20))  # 5 pages
+    pages = cache.alloc(3)
+    path: list = []
+    cache.insert(toks[:12], pages, path, cache.epoch)
+    cache.unlock(path)
+    last = cache.rematch(toks, [], limit=19)
+    assert last == cache.match(toks, limit=19) and len(last) == 3
+    more = cache.alloc(5)  # another request computes the whole sequence: two more pages cached
+    p2 = list(last)
+    cache.lock(p2)
+    cache.insert(toks, [n.page for n in p2] + more[3:], p2, cache.epoch)
+    cache.unlock(p2)
+    last = cache.rematch(toks, last, limit=19)
+    assert last == cache.match(toks, limit=19) and len(last) == 4, "extended past the earlier match"
+    cache.evict(2)  # the 5th page (past the limit) and the 4th
+    last = cache.rematch(toks, last, limit=19)
+    assert last == cache.match(toks, limit=19) and len(last) == 3, "evicted nodes dropped"
+    assert cache.rematch(toks, last, limit=7) == cache.match(toks, limit=7), "a tighter limit"
+    cache.flush()
+    assert cache.rematch(toks, last) == [] == cache.match(toks)
+
+
 def test_flush_detaches_and_frees_on_release():
     pool = PagePool(5)
     cache = PrefixCache(pool, P)

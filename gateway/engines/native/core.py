@@ -272,12 +272,12 @@ class EngineCore:
             for req in self._by_longest_prefix():
                 if len(batch) >= free:
                     break
-                seq = req.input_ids + req.output_ids
+                seq = req.tokens()
                 if req.max_new_tokens <= len(req.output_ids):  # nothing to generate: answered at once
                     self._waiting.remove(req)
                     batch.append(req)
                     continue
-                path = self.cache.match(seq, limit=len(seq) - 1)  # at least one token to compute
+                path = list(self._match(req))
                 cached = len(path) * p
                 first = (id(path[-1]) if path else 0, tuple(seq[cached : cached + p]))
                 if len(first[1]) == p and first in firsts:
@@ -325,8 +325,15 @@ class EngineCore:
         waiting = list(self._waiting)
         if len(waiting) > LPM_MAX_WAITING or not self.cache.enabled:
             return waiting
-        cached = {id(r): len(self.cache.match(r.input_ids + r.output_ids)) for r in waiting}
+        cached = {id(r): len(self._match(r)) for r in waiting}
         return sorted(waiting, key=lambda r: -cached[id(r)])
+
+    def _match(self, req: Req) -> list:
+        """The cached prefix of a waiting request's tokens, leaving at least one token to compute
+        (re-matched from its last match: PrefixCache.rematch)."""
+        seq = req.tokens()
+        req.matched = self.cache.rematch(seq, req.matched, limit=len(seq) - 1)
+        return req.matched
 
     def _admit(self) -> None:
         gate = True

@@ -119,11 +119,21 @@ class Req:
     path: list[Any] = field(default_factory=list)
     epoch: int = -1
     cached_tokens: int = -1
+    # while it waits: its last prefix match (PrefixCache.rematch) and its tokens so far, kept
+    # between scheduler steps (the prompt + output concatenation, rebuilt when the output grew)
+    matched: list[Any] = field(default_factory=list)
+    _tokens: list[int] = field(default_factory=list)
 
     @property
     def position(self) -> int:
         """Position of the next token to be fed (= tokens so far - 1) ... of the last token."""
         return len(self.input_ids) + len(self.output_ids) - 1
+
+    def tokens(self) -> list[int]:
+        """Prompt + output so far (cached: do not modify the list)."""
+        if len(self._tokens) != len(self.input_ids) + len(self.output_ids):
+            self._tokens = self.input_ids + self.output_ids
+        return self._tokens
 
     @property
     def greedy(self) -> bool:
