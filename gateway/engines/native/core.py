@@ -353,7 +353,7 @@ class EngineCore:
         if not batch:
             return
         start = len(self.rows)
-        seqs = [r.input_ids + r.output_ids for r in batch]
+        seqs = [r.tokens() for r in batch]
         cached = [len(r.path) * self.page_size for r in batch]
         for i, req in enumerate(batch):
             req.slot = start + i

@@ -86,18 +86,7 @@ class PrefixCache:
 
     def match(self, tokens: Sequence[int], limit: int | None = None) -> list[Node]:
         """Nodes of the longest cached prefix of tokens[:limit], in whole pages."""
-        if not self.enabled:
-            return []
-        n = (len(tokens) if limit is None else min(limit, len(tokens))) // self.page_size
-        path: list[Node] = []
-        node = self.root
-        for i in range(n):
-            child = node.children.get(self._key(tokens, i))
-            if child is None:
-                break
-            path.append(child)
-            node = child
-        return path
+        return self.rematch(tokens, [], limit)
 
     def rematch(self, tokens: Sequence[int], path: list[Node], limit: int | None = None) -> list[Node]:
         """`match(tokens, limit)`, reusing `path`, an earlier match of the same tokens: its nodes
