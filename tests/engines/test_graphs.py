@@ -28,3 +28,40 @@ def test_graphs_are_captured_at_start_and_decode_only_replays(model_dir):
         tokens, logprobs = runner.decode(rows)
         assert len(tokens) == n and all(lp <= 0 for lp in logprobs)
     assert set(runner._graphs) == captured, "a decode captured a graph while serving"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prefill_graph_replay_equals_the_eager_prefill(model_dir):
+    """A prefill in a (rows, tokens) bucket is captured on first use and replayed after; its first
+    tokens and log-probs equal the eager unpadded prefill's over the same cached prefix."""
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    from transformers import AutoModelForCausalLM
+
+    def runner(graph_tokens: int) -> ModelRunner:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).cuda().eval()
+        return ModelRunner(
+            model, 8, 256, True, num_pages=64, attention="triton", prefill_graph_tokens=graph_tokens
+        )
+
+    graphed, eager = runner(4096), runner(0)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (40, 23, 61)]
+    cached = [16, 0, 32]
+    results = {}
+    for name, r in (("graph", graphed), ("eager", eager)):
+        for row in range(3):
+            r.set_pages(row, [1 + 5 * row + i for i in range(5)])
+        rows = RowInputs(tokens=[], positions=[len(p) - 1 for p in prompts], temperature=[0.0] * 3,
+                         top_p=[1.0] * 3, top_k=[1 << 30] * 3, min_p=[0.0] * 3, seed=[0] * 3)  # fmt: skip
+        # the cached prefix first (as an earlier request would have), then the rest
+        r.prefill(0, [p[:c] + [0] for p, c in zip(prompts, cached, strict=True)], [0, 0, 0], rows)
+        results[name] = [r.prefill(0, prompts, cached, rows) for _ in range(2)]
+    # 3 rows pad to 4; 33 new tokens to 64, then 29 to 32
+    assert set(graphed._prefill_graphs) == {(4, 64, True), (4, 32, True)}
+    assert graphed.prefill_graph_replays == 3
+    assert not eager._prefill_graphs
+    for (gt, glp), (et, elp) in zip(results["graph"], results["eager"], strict=True):
+        assert gt == et
+        assert max(abs(a - b) for a, b in zip(glp, elp, strict=True)) < 1e-4

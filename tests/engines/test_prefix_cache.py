@@ -244,3 +244,24 @@ def test_small_pool_queues_and_retracts_without_running_out(model_dir, greedy):
     # a pool that cannot hold one full-context sequence is refused at start, naming the knob
     with pytest.raises(ValueError, match="kv-cache-gb"):
         _engine(model_dir, kv_cache_gb=gb, context_length=256)
+
+
+def test_bucketed_prefill_with_reuse_matches_plain_prefill(model_dir):
+    """The CUDA-graph prefill's shapes run eagerly (pad_to_buckets): rows padded to a row bucket
+    (padding rows compute one token on the scratch page), tokens to a length bucket, over cached
+    prefixes. Concurrent sessions give the tokens and log-probs of unpadded prefills without reuse."""
+    firsts = [[random.Random(10 + i).randrange(3, 200) for _ in range(9 + 7 * i)] for i in range(5)]
+    with _engine(model_dir, pad_to_buckets=True) as pad, _engine(model_dir, prefix_cache=False) as plain:
+        runner = pad.core.runner
+        assert runner.prefill_graph_tokens > 0 and plain.core.runner.prefill_graph_tokens == 0
+        assert runner._prefill_bucket(3, 17) == (4, 32)
+        c_pad, c_plain = SyncEngineClient(pad.url), SyncEngineClient(plain.url)
+        with concurrent.futures.ThreadPoolExecutor(5) as ex:
+            got = list(ex.map(lambda i: _session(c_pad, firsts[i], 3, 6, 5, seed=i), range(5)))
+        ref = [_session(c_plain, firsts[i], 3, 6, 5, seed=i) for i in range(5)]
+        for a, b in zip(got, ref, strict=True):
+            _close(a, b)
+        assert sum(r.cached_tokens for s in got for r in s) > 0
+        assert pad.core.prefill_rows > pad.core.prefills, "no prefill held several rows"
+        kv = runner.kv  # padding rows and tokens wrote the scratch page: finite, so masked keys stay harmless
+        assert torch.isfinite(kv.k).all() and torch.isfinite(kv.v).all()

@@ -81,6 +81,8 @@ class EngineCore:
             page_size=page_size,
             attention=attention,
             compile=compile,
+            # a prefill pads its rows x longest (<= max_prefill_tokens) up to a bucket <= 2x that
+            prefill_graph_tokens=2 * max_prefill_tokens,
         )
         self.page_size = page_size
         self.pool = PagePool(num_pages)
@@ -116,6 +118,7 @@ class EngineCore:
         self.prefills = 0
         self.prefill_rows = 0
         self.prefill_s = 0.0
+        self.decode_s = 0.0  # in the runner's decode (the GPU step and its one sync); busy - both = host
         self.prompt_tokens = 0  # prompt tokens of admitted requests (first admission)
         self.cached_tokens = 0  # of those, found in the prefix cache
         self.prefill_tokens = 0  # tokens prefilled (computed), re-admissions included
@@ -196,6 +199,7 @@ class EngineCore:
             "prefills": self.prefills,
             "prefill_rows": self.prefill_rows,
             "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
             "uptime_s": now - self._started_at,
             # the paged KV cache: levels (pages now) and counters
             "page_size": self.page_size,
@@ -437,7 +441,9 @@ class EngineCore:
             min_p=[r.min_p for r in rows],
             seed=[r.seed for r in rows],
         )
+        started = time.perf_counter()
         tokens, logprobs = self.runner.decode(inputs)
+        self.decode_s += time.perf_counter() - started
         self.steps += 1
         self.decode_rows += len(rows)
         self._advance(rows, tokens, logprobs)

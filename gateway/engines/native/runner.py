@@ -50,6 +50,17 @@ def _buckets(limit: int, small: list[int], step: int) -> list[int]:
     return sorted(set(out))
 
 
+def _prefill_lengths(limit: int) -> list[int]:
+    """Token-count buckets of a padded prefill: 16, 32, 64, then steps of x1.5 / x1.33 (96, 128,
+    192, 256, 384, ...): a row pads by at most half its length; all multiples of 16 (triton
+    specialises a length divisible by 16: one kernel variant)."""
+    out, b = [16, 32, 64], 64
+    while out[-1] < limit:
+        b = b * 3 // 2 if (b & (b - 1)) == 0 else b * 4 // 3
+        out.append(-(-b // 16) * 16)
+    return [x for x in out if x < limit] + [-(-limit // 16) * 16]
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -79,6 +90,7 @@ class ModelRunner:
         page_size: int = 16,
         attention: str = "auto",
         compile: bool = False,
+        prefill_graph_tokens: int = 0,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -146,6 +158,20 @@ class ModelRunner:
         # (batch, length, sampler in the graph) -> (graph, its output: logits or [2, B] samples)
         self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: object | None = None
+        # prefill in padded (rows, tokens) buckets: replayed as CUDA graphs with the Triton kernels
+        # (captured on each bucket's first use), else run eagerly in the same shapes when
+        # pad_to_buckets; a bucket over `prefill_graph_tokens` (0: none) runs unpadded and eager
+        self.prefill_graph_tokens = prefill_graph_tokens if self.pad_to_buckets else 0
+        self.prefill_row_buckets = _buckets(max_running, [1, 2, 4, 8, 16, 32, 64], 64)
+        self.prefill_len_buckets = _prefill_lengths(context_length)
+        cap = max(1, self.prefill_graph_tokens)
+        rows_cap = max_running
+        self._pf_host = torch.zeros(cap + 2 * rows_cap, dtype=torch.int64, pin_memory=pin)
+        self._pf_host_np = self._pf_host.numpy()
+        self._pf_dev = torch.zeros(cap + 2 * rows_cap, dtype=torch.int64, device=self.device)
+        self._pf_pt = torch.zeros(rows_cap, self.max_pages, dtype=torch.int32, device=self.device)
+        self._prefill_graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.prefill_graph_replays = 0
         if self.use_cuda_graph and self.attention == "triton":
             self.capture_graphs()
 
@@ -243,24 +269,30 @@ class ModelRunner:
 
     def _graph_logits(self, batch: int, length: int, fused: bool = False) -> torch.Tensor:
         """Replay (capturing on first use) the decode graph of this bucket: `_decode_forward`'s output."""
-        key = (batch, length, fused)
-        if key not in self._graphs:
+        return self._replay(
+            self._graphs, (batch, length, fused), lambda: self._decode_forward(batch, length, fused)
+        )
+
+    def _replay(self, graphs: dict, key: tuple[int, int, bool], forward) -> torch.Tensor:
+        """Replay the graph of `key` in `graphs`, capturing `forward()` first if it is new (all
+        graphs share one memory pool)."""
+        if key not in graphs:
             # Warm up on a side stream, then capture. Both runs write this step's keys/values at
             # this step's positions, which the replay below writes again identically.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._decode_forward(batch, length, fused)
+                forward()
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                logits = self._decode_forward(batch, length, fused)
+                result = forward()
             if self._pool is None:
                 self._pool = graph.pool()
-            self._graphs[key] = (graph, logits)
-        graph, logits = self._graphs[key]
+            graphs[key] = (graph, result)
+        graph, result = graphs[key]
         graph.replay()
-        return logits
+        return result
 
     @torch.inference_mode()
     def decode(self, rows: RowInputs) -> tuple[list[int], list[float]]:
@@ -357,6 +389,9 @@ class ModelRunner:
         b = len(prompts)
         news = [p[c:] for p, c in zip(prompts, cached, strict=True)]
         t = max(len(x) for x in news)
+        bucket = self._prefill_bucket(b, t)
+        if bucket is not None:
+            return self._prefill_padded(start, news, cached, rows, *bucket)
         ids = torch.zeros(b, t, dtype=torch.int64)
         for i, x in enumerate(news):
             ids[i, : len(x)] = torch.tensor(x, dtype=torch.int64)
@@ -375,6 +410,69 @@ class ModelRunner:
             )
         return self._sample(self._logits(last), params)
 
+    def _prefill_bucket(self, b: int, t: int) -> tuple[int, int] | None:
+        """(rows, tokens) a prefill of b rows of up to t new tokens pads to, or None (unpadded)."""
+        if not self.prefill_graph_tokens:
+            return None
+        bp = self.prefill_row_buckets[bisect.bisect_left(self.prefill_row_buckets, b)]
+        tp = self.prefill_len_buckets[bisect.bisect_left(self.prefill_len_buckets, t)]
+        return (bp, tp) if bp * tp <= self.prefill_graph_tokens else None
+
+    def _prefill_views(self, bp: int, tp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The static device inputs of a padded prefill: ids [bp, tp], cached offsets [bp], lengths [bp]."""
+        cap, rows = self.prefill_graph_tokens, self.max_running
+        dev = self._pf_dev
+        return dev[: bp * tp].view(bp, tp), dev[cap : cap + bp], dev[cap + rows : cap + rows + bp]
+
+    def _prefill_padded(
+        self, start: int, news: list[list[int]], cached: list[int], rows: RowInputs, bp: int, tp: int
+    ) -> tuple[list[int], list[float]]:
+        """The prefill in a (bp, tp) bucket: a row past b computes one token on the scratch page,
+        tokens past a row's length write to the scratch page. With CUDA graphs one replay."""
+        b = len(news)
+        cap, nrows = self.prefill_graph_tokens, self.max_running
+        host = self._pf_host_np
+        ids = host[: bp * tp].reshape(bp, tp)
+        ids[:] = 0
+        for i, x in enumerate(news):
+            ids[i, : len(x)] = x
+        host[cap : cap + bp] = 0
+        host[cap : cap + b] = cached
+        host[cap + nrows : cap + nrows + bp] = 1  # a padding row: one token at position 0 (finite)
+        host[cap + nrows : cap + nrows + b] = [len(x) for x in news]
+        self._pf_dev[: bp * tp].copy_(self._pf_host[: bp * tp], non_blocking=True)
+        self._pf_dev[cap:].copy_(self._pf_host[cap:], non_blocking=True)
+        self._pf_pt[:b].copy_(self._host_pt[start : start + b], non_blocking=True)
+        self._pf_pt[b:bp].zero_()
+        params = self._upload(rows, b, bp)
+        fused = self.fused_sampler and not params.any_filter
+        if self.use_cuda_graph:
+            out = self._replay(
+                self._prefill_graphs, (bp, tp, fused), lambda: self._prefill_forward(bp, tp, fused)
+            )
+            self.prefill_graph_replays += 1
+        else:
+            out = self._prefill_forward(bp, tp, fused)
+        if fused:
+            return self._read_back(out[:, :b])
+        return self._sample(out[:b], params)
+
+    def _prefill_forward(self, bp: int, tp: int, fused: bool) -> torch.Tensor:
+        """`_prefill_padded`'s forward over the static inputs: logits [bp, V] of each row's last
+        token, or with `fused` its samples [2, bp] (position offset 0: the first new token)."""
+        ids, offsets, lengths = self._prefill_views(bp, tp)
+        table = self._pf_pt[:bp]
+        key_len = 0 if self.attention == "triton" else int(self.context_length)  # SDPA: every key slot
+        positions = self._plan_prefill(table, offsets, lengths, tp, key_len)
+        out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
+        last = out.last_hidden_state[torch.arange(bp, device=self.device), lengths - 1]
+        if fused:
+            position = self._dev_i[1, :bp] + 1
+            return self._fused_sample(
+                self.lm_head(last), self._dev_f[0, :bp], self._dev_i[3, :bp], position, 0
+            )
+        return self._logits(last)
+
     def _sample(self, logits: torch.Tensor, params: RowParams) -> tuple[list[int], list[float]]:
         tokens, logprobs = self._sample_fn(logits, params)
         return self._read_back(torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]))
@@ -388,4 +486,5 @@ class ModelRunner:
     def reset_graphs(self) -> None:
         """Drop captured graphs (their parameters are read in place, so weight updates keep them valid)."""
         self._graphs.clear()
+        self._prefill_graphs.clear()
         self._pool = None
