@@ -32,9 +32,9 @@ def test_graphs_are_captured_at_start_and_decode_only_replays(model_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_prefill_graph_replay_equals_the_eager_prefill(model_dir):
-    """A prefill in a (rows, tokens) bucket is captured on first use and replayed after; its first
-    tokens and log-probs equal the eager unpadded prefill's over the same cached prefix."""
+def test_prefill_graphs_are_captured_at_start_and_equal_the_unpacked_prefill(model_dir):
+    """The packed prefill's graph of every token bucket is captured at start; a prefill replays one
+    and its first tokens and log-probs equal the eager unpacked prefill's over the same cached prefix."""
     if not triton_available():
         pytest.skip("triton is not installed")
     from transformers import AutoModelForCausalLM
@@ -46,6 +46,9 @@ def test_prefill_graph_replay_equals_the_eager_prefill(model_dir):
         )
 
     graphed, eager = runner(4096), runner(0)
+    assert set(graphed._prefill_graphs) == {(n, True) for n in graphed.prefill_buckets}
+    assert graphed.prefill_buckets[-1] == 4096 and not eager._prefill_graphs
+    captured = set(graphed._prefill_graphs)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (40, 23, 61)]
     cached = [16, 0, 32]
@@ -58,10 +61,7 @@ def test_prefill_graph_replay_equals_the_eager_prefill(model_dir):
         # the cached prefix first (as an earlier request would have), then the rest
         r.prefill(0, [p[:c] + [0] for p, c in zip(prompts, cached, strict=True)], [0, 0, 0], rows)
         results[name] = [r.prefill(0, prompts, cached, rows) for _ in range(2)]
-    # 3 rows pad to 4; 33 new tokens to 64, then 29 to 32
-    assert set(graphed._prefill_graphs) == {(4, 64, True), (4, 32, True)}
-    assert graphed.prefill_graph_replays == 3
-    assert not eager._prefill_graphs
+    assert set(graphed._prefill_graphs) == captured and graphed.prefill_graph_replays == 3
     for (gt, glp), (et, elp) in zip(results["graph"], results["eager"], strict=True):
         assert gt == et
         assert max(abs(a - b) for a, b in zip(glp, elp, strict=True)) < 1e-4

@@ -314,6 +314,34 @@ def _prefill_interp_case(case_id: str, dtype_name: str) -> dict:
     )
 
 
+def _prefill_packed_case(case_id: str, dtype_name: str) -> dict:
+    """The same rows packed into one token axis (8 padding tokens after them), tables from
+    packed_tiles: each row's valid tokens equal the reference, the padding tokens come out 0."""
+    cached, lengths, kv_heads, rep, dim, page_size, t, block_m, block_n = PREFILL_CASES[case_id]
+    dtype = DTYPES[dtype_name]
+    q, kc, vc, table, c, n, _, _ = prefill_case(cached, lengths, kv_heads, rep, dim, page_size, dtype, t=t)
+    scale = 1 / math.sqrt(dim)
+    total = sum(lengths)
+    packed_q = torch.cat([q[b, :, : lengths[b]] for b in range(len(lengths))] + [q[0, :, :8] * 0 + 7], dim=1)
+    starts = torch.tensor([sum(lengths[:b]) for b in range(len(lengths))], dtype=torch.int64)
+    bm = block_m or paged_attn.default_prefill_blocks(dim, dtype)[0]
+    progs = paged_attn.packed_programs(total + 8, len(lengths), rep, bm)
+    rows, tiles = paged_attn.packed_tiles(lengths, rep, bm, progs)
+    out = paged_attn.paged_prefill_triton(
+        packed_q[None], kc, vc, table, c, n, page_size, scale, block_m=block_m, block_n=block_n,
+        packed=(starts, torch.tensor(rows), torch.tensor(tiles)),
+    )  # fmt: skip
+    ref = paged_prefill_reference(q, kc, vc, table, c, n, page_size, scale)
+    got = torch.cat([out[0, starts[b] : starts[b] + lengths[b]] for b in range(len(lengths))])
+    want = torch.cat([ref[b, : lengths[b]] for b in range(len(lengths))])
+    return dict(
+        finite=bool(torch.isfinite(out).all()),
+        shape_ok=out.shape == (1, total + 8, q.shape[1], dim) and bool((out[0, total:] == 0).all()),
+        err_ref=rel_err(got, want),
+        err_dense=rel_err(got, want),
+    )
+
+
 def _kv_attend_case(dtype_name: str) -> dict:
     """PagedKV.attend's prefill, the Triton path against the SDPA path, plans built as the runner does."""
     from gateway.engines.native import kv as kvmod
@@ -361,6 +389,7 @@ def _prefill_interp_main() -> None:
     """The prefill child's entry point (TRITON_INTERPRET=1 set before any import)."""
     assert paged_attn._interpreted(), "kernels are not interpreted"
     res = {f"{c}/{d}": _prefill_interp_case(c, d) for c in PREFILL_CASES for d in DTYPES}
+    res.update({f"packed-{c}/{d}": _prefill_packed_case(c, d) for c in PREFILL_CASES for d in DTYPES})
     res.update({f"kv-attend/{d}": _kv_attend_case(d) for d in DTYPES})
     print("RESULTS " + json.dumps(res))
 
@@ -377,6 +406,22 @@ def test_prefill_kernel_on_interpreter(prefill_interp_results, case_id, dtype_na
     tol = 1e-5 if dtype_name == "fp32" else 1e-2
     assert r["finite"] and r["shape_ok"], r
     assert r["err_ref"] < tol and r["err_dense"] < tol, r
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case_id", list(PREFILL_CASES))
+def test_packed_prefill_kernel_on_interpreter(prefill_interp_results, case_id, dtype_name):
+    r = prefill_interp_results[f"packed-{case_id}/{dtype_name}"]
+    tol = 1e-5 if dtype_name == "fp32" else 1e-2
+    assert r["finite"] and r["shape_ok"], r
+    assert r["err_ref"] < tol, r
+
+
+def test_packed_tiles_cover_every_row_in_order():
+    rows, tiles = paged_attn.packed_tiles([3, 0, 17], 2, 16, 8)
+    assert rows == [0, 2, 2, 2, -1, -1, -1, -1] and tiles == [0, 0, 1, 2, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="grid"):
+        paged_attn.packed_tiles([100], 2, 16, 4)
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -247,14 +247,14 @@ def test_small_pool_queues_and_retracts_without_running_out(model_dir, greedy):
 
 
 def test_bucketed_prefill_with_reuse_matches_plain_prefill(model_dir):
-    """The CUDA-graph prefill's shapes run eagerly (pad_to_buckets): rows padded to a row bucket
-    (padding rows compute one token on the scratch page), tokens to a length bucket, over cached
-    prefixes. Concurrent sessions give the tokens and log-probs of unpadded prefills without reuse."""
+    """The CUDA-graph prefill's shapes run eagerly (pad_to_buckets): the rows' new tokens packed
+    into one token axis padded to a bucket (padding tokens write the scratch page), over cached
+    prefixes. Concurrent sessions give the tokens and log-probs of unpacked prefills without reuse."""
     firsts = [[random.Random(10 + i).randrange(3, 200) for _ in range(9 + 7 * i)] for i in range(5)]
     with _engine(model_dir, pad_to_buckets=True) as pad, _engine(model_dir, prefix_cache=False) as plain:
         runner = pad.core.runner
         assert runner.prefill_graph_tokens > 0 and plain.core.runner.prefill_graph_tokens == 0
-        assert runner._prefill_bucket(3, 17) == (4, 32)
+        assert runner._prefill_bucket(3 + 17) == 32 and runner._prefill_bucket(10**6) is None
         c_pad, c_plain = SyncEngineClient(pad.url), SyncEngineClient(plain.url)
         with concurrent.futures.ThreadPoolExecutor(5) as ex:
             got = list(ex.map(lambda i: _session(c_pad, firsts[i], 3, 6, 5, seed=i), range(5)))

@@ -81,8 +81,8 @@ class EngineCore:
             page_size=page_size,
             attention=attention,
             compile=compile,
-            # a prefill pads its rows x longest (<= max_prefill_tokens) up to a bucket <= 2x that
-            prefill_graph_tokens=2 * max_prefill_tokens,
+            # a prefill packs its rows' new tokens (<= max_prefill_tokens, or one row <= the context)
+            prefill_graph_tokens=max(max_prefill_tokens, context_length),
         )
         self.page_size = page_size
         self.pool = PagePool(num_pages)
@@ -122,7 +122,7 @@ class EngineCore:
         self.prompt_tokens = 0  # prompt tokens of admitted requests (first admission)
         self.cached_tokens = 0  # of those, found in the prefix cache
         self.prefill_tokens = 0  # tokens prefilled (computed), re-admissions included
-        self.prefill_padded_tokens = 0  # rows x longest new part: what the padded forward ran
+        self.prefill_padded_tokens = 0  # what the prefill forwards ran, padding included
         self.retractions = 0
         self.peak_pages_used = 0
         self.cache_flushes = 0
@@ -270,7 +270,7 @@ class EngineCore:
                 if not (enough or waited):
                     return batch, deferred
             firsts: set[tuple[int, tuple[int, ...]]] = set()  # (cached node, first uncached page) taken
-            longest = 0
+            longest = total = 0
             p = self.page_size
             idle_pages: int | None = None
             for req in self._by_longest_prefix():
@@ -288,7 +288,10 @@ class EngineCore:
                     deferred = True
                     continue
                 longest2 = max(longest, len(seq) - cached)
-                if batch and longest2 * (len(batch) + 1) > self.max_prefill_tokens:
+                total2 = total + len(seq) - cached
+                # the forward's size: packed rows cost their tokens, unpacked ones the longest per row
+                size = total2 if self.runner.prefill_buckets else longest2 * (len(batch) + 1)
+                if batch and size > self.max_prefill_tokens:
                     break
                 need = -(-len(seq) // p) - len(path)
                 self.cache.lock(path)
@@ -307,7 +310,7 @@ class EngineCore:
                         self.cache.unlock(path)
                         continue
                     idle_pages -= need
-                longest = longest2
+                longest, total = longest2, total2
                 req.path = path
                 req.pages = [n.page for n in path] + self.cache.alloc(need)
                 req.epoch = self.cache.epoch
@@ -376,9 +379,8 @@ class EngineCore:
         self.prefill_s += time.perf_counter() - started
         self.prefills += 1
         self.prefill_rows += len(batch)
-        news = [len(s) - c for s, c in zip(seqs, cached, strict=True)]
-        self.prefill_tokens += sum(news)
-        self.prefill_padded_tokens += len(news) * max(news)
+        self.prefill_tokens += sum(len(s) - c for s, c in zip(seqs, cached, strict=True))
+        self.prefill_padded_tokens = self.runner.prefill_padded_tokens
         for req, seq in zip(batch, seqs, strict=True):  # siblings and the next call find these
             self.cache.insert(seq, req.pages, req.path, req.epoch)
             self.runner.set_pages(req.slot, req.pages)

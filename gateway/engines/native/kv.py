@@ -46,6 +46,14 @@ class PrefillPlan:
     page_table: torch.Tensor | None = None  # [>= B, max_pages] int32, row b = the batch's row b
     cached: torch.Tensor | None = None  # [B] int32/int64: positions already in the pages
     lengths: torch.Tensor | None = None  # [B] int32/int64: new tokens (<= T)
+    # packed rows (the forward's batch is [1, N]: row b's tokens at [starts[b], starts[b] + lengths[b])):
+    # the Triton path's program tables (paged_attn.packed_tiles) ...
+    starts: torch.Tensor | None = None  # [B] int64
+    prog_row: torch.Tensor | None = None  # [programs] int64, -1: no tile
+    prog_tile: torch.Tensor | None = None  # [programs] int64
+    # ... or the SDPA path's: packed token of (row b, new token i) and the (b · T + i) of each packed token
+    unpack_idx: torch.Tensor | None = None  # [B, T] int64 (padding: any token)
+    pack_idx: torch.Tensor | None = None  # [N] int64 (tokens of no row: any)
 
 
 @dataclass
@@ -133,17 +141,28 @@ class PagedKV:
             ):
                 from gateway.engines.native.paged_attn import paged_prefill_triton
 
+                packed = None
+                if plan.starts is not None and plan.prog_row is not None and plan.prog_tile is not None:
+                    packed = (plan.starts, plan.prog_row, plan.prog_tile)
                 return paged_prefill_triton(
-                    query, kc, vc, plan.page_table, plan.cached, plan.lengths, self.page_size, scale
-                )
+                    query, kc, vc, plan.page_table, plan.cached, plan.lengths, self.page_size, scale,
+                    packed=packed,
+                )  # fmt: skip
             assert plan.kv_idx is not None and plan.mask is not None
+            if plan.unpack_idx is not None and plan.pack_idx is not None:  # packed rows: unpack, attend, pack
+                rows, t = plan.unpack_idx.shape
+                query = query[0][:, plan.unpack_idx].transpose(0, 1)  # [B, Hq, T, D]
+                batch = rows
             keys = kc[plan.kv_idx].transpose(1, 2)  # [B, Hkv, Lk, D]
             values = vc[plan.kv_idx].transpose(1, 2)
             if rep > 1:
                 keys = keys.repeat_interleave(rep, dim=1)
                 values = values.repeat_interleave(rep, dim=1)
             out = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale)
-            return out.transpose(1, 2)
+            out = out.transpose(1, 2)  # [B, T, Hq, D]
+            if plan.pack_idx is not None:
+                out = out.reshape(batch * t, q_heads, dim)[plan.pack_idx][None]  # [1, N, Hq, D]
+            return out
         raise RuntimeError("PagedKV.attend called without a plan")
 
 

@@ -397,6 +397,9 @@ if triton is not None:
         stride_oh,
         num_tokens,
         qk_scale,
+        STARTS,
+        PROG_ROW,
+        PROG_TILE,
         REP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         PAGE_SIZE: tl.constexpr,
@@ -404,10 +407,22 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         DOT_PREC: tl.constexpr,
         UPCAST: tl.constexpr,
+        PACKED: tl.constexpr,
     ):
-        tile = tl.program_id(0)
-        b = tl.program_id(1)
         kvh = tl.program_id(2)
+        if PACKED:  # rows packed one after another in q's token axis; a program's (row, tile) from tables
+            pid = tl.program_id(0)
+            b = tl.load(PROG_ROW + pid).to(tl.int32)
+            if b < 0:  # past the last row's tiles
+                return
+            tile = tl.load(PROG_TILE + pid).to(tl.int32)
+            start = tl.load(STARTS + b).to(tl.int64)
+            qb = 0  # q and out hold one packed batch row
+        else:
+            tile = tl.program_id(0)
+            b = tl.program_id(1)
+            start = 0
+            qb = b.to(tl.int64)
         b64 = b.to(tl.int64)
         cached = tl.load(CACHED + b).to(tl.int32)
         length = tl.load(LENS + b).to(tl.int32)
@@ -416,9 +431,16 @@ if triton is not None:
         flat = tile * BLOCK_M + offs_m  # token * REP + head within the kv head's group
         tok = flat // REP
         heads = kvh * REP + flat % REP
-        m_valid = tok < num_tokens
+        if PACKED:  # the tokens past this row's length are the next row's
+            m_valid = tok < length
+        else:
+            m_valid = tok < num_tokens
         o_ptrs = (
-            OUT + b64 * stride_ob + tok[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
+            OUT
+            + qb * stride_ob
+            + (start + tok[:, None]) * stride_ot
+            + heads[:, None] * stride_oh
+            + offs_d[None, :]
         )
         tok_lo = (tile * BLOCK_M) // REP
         if tok_lo >= length:  # padding only: zeros (finite, discarded by the caller)
@@ -431,7 +453,11 @@ if triton is not None:
         full_end = ((cached + tok_lo + 1) // BLOCK_N) * BLOCK_N  # blocks every query of the tile sees whole
 
         q = tl.load(
-            Q + b64 * stride_qb + heads[:, None] * stride_qh + tok[:, None] * stride_qt + offs_d[None, :],
+            Q
+            + qb * stride_qb
+            + heads[:, None] * stride_qh
+            + (start + tok[:, None]) * stride_qt
+            + offs_d[None, :],
             mask=m_valid[:, None],
             other=0.0,
         )
@@ -630,8 +656,14 @@ def paged_prefill_triton(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Paged prefill attention on CUDA: q [B, Hq, T, D] → [B, T, Hq, D] (module docstring: layout).
+
+    `packed` = (starts, prog_row, prog_tile): q is [1, Hq, N, D] with row b's tokens at
+    [starts[b], starts[b] + lengths[b]) of its token axis (B = len(cached) rows), and program p
+    computes tile prog_tile[p] of row prog_row[p] (-1: none), as `packed_tiles` lays them out (with
+    this call's block_m); the output [1, N, Hq, D] holds zeros at tokens of no row.
 
     `cached`, `lengths`: [B] int32 or int64 on q's device (read there: no host sync). `page_table`
     int32 [>= B, max_pages], row b for q's row b. `out`, when given, is a [B, T, Hq, D] tensor of q's
@@ -644,6 +676,10 @@ def paged_prefill_triton(
             f"q {tuple(q.shape)} must be [B, Hq, T, D], k_cache {tuple(k_cache.shape)} [slots, Hkv, D]"
         )
     batch, q_heads, num_tokens, dim = q.shape
+    if packed is not None:
+        if batch != 1:
+            raise ValueError(f"a packed q {tuple(q.shape)} must be [1, Hq, N, D]")
+        batch = cached.shape[0] if cached.dim() == 1 else -1
     kv_heads = k_cache.shape[1]
     _check_pool(q, k_cache, v_cache, page_table, q_heads, dim, page_size)
     if page_table.dtype != torch.int32:
@@ -661,15 +697,20 @@ def paged_prefill_triton(
     for name, v in (("block_m", block_m), ("block_n", block_n)):
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name} {v} must be a power of two >= 16")
-    shape = (batch, num_tokens, q_heads, dim)
+    shape = (1 if packed is not None else batch, num_tokens, q_heads, dim)
     if out is None:
-        out = torch.empty(shape, dtype=q.dtype, device=q.device)
+        out = (torch.zeros if packed is not None else torch.empty)(shape, dtype=q.dtype, device=q.device)
     elif out.shape != shape or out.dtype != q.dtype or out.stride(-1) != 1:
         raise ValueError(f"out {tuple(out.shape)} {out.dtype} must be {shape} {q.dtype}")
     if batch == 0 or num_tokens == 0:
         return out
     rep = q_heads // kv_heads
-    grid = (triton.cdiv(num_tokens * rep, block_m), batch, kv_heads)
+    if packed is not None:
+        starts, prog_row, prog_tile = packed
+        grid = (prog_row.shape[0], 1, kv_heads)
+    else:
+        starts = prog_row = prog_tile = cached  # unused
+        grid = (triton.cdiv(num_tokens * rep, block_m), batch, kv_heads)
     _paged_prefill_kernel[grid](
         q,
         k_cache,
@@ -691,6 +732,9 @@ def paged_prefill_triton(
         out.stride(2),
         num_tokens,
         float(scale) * LOG2E,
+        starts,
+        prog_row,
+        prog_tile,
         REP=rep,
         HEAD_DIM=dim,
         PAGE_SIZE=page_size,
@@ -698,10 +742,33 @@ def paged_prefill_triton(
         BLOCK_N=block_n,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST=_interpreted() and q.dtype != torch.float32,
+        PACKED=packed is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )
     return out
+
+
+def packed_tiles(
+    lengths: Sequence[int], rep: int, block_m: int, programs: int
+) -> tuple[list[int], list[int]]:
+    """(prog_row, prog_tile) of a packed prefill: each row's ceil(len · rep / block_m) tiles in
+    order, then -1 up to `programs` entries (a static grid: a CUDA graph replays any lengths)."""
+    rows: list[int] = []
+    tiles: list[int] = []
+    for b, n in enumerate(lengths):
+        count = -(-int(n) * rep // block_m)
+        rows += [b] * count
+        tiles += range(count)
+    if len(rows) > programs:
+        raise ValueError(f"{len(rows)} tiles do not fit a grid of {programs} programs")
+    pad = programs - len(rows)
+    return rows + [-1] * pad, tiles + [0] * pad
+
+
+def packed_programs(num_tokens: int, rows: int, rep: int, block_m: int) -> int:
+    """Programs that cover any packing of up to `rows` rows into `num_tokens` tokens."""
+    return -(-num_tokens * rep // block_m) + rows
 
 
 def paged_decode_splits(
@@ -719,6 +786,8 @@ __all__ = [
     "paged_decode_reference",
     "paged_decode_splits",
     "paged_decode_triton",
+    "packed_programs",
+    "packed_tiles",
     "paged_prefill_reference",
     "paged_prefill_triton",
 ]

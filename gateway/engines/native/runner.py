@@ -16,11 +16,12 @@ import bisect
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from gateway.engines.native import kv as kvmod
-from gateway.engines.native import projections
+from gateway.engines.native import paged_attn, projections
 from gateway.engines.native.sample_kernel import sample_fused
 from gateway.engines.native.sampling import RowParams, sample
 
@@ -158,20 +159,32 @@ class ModelRunner:
         # (batch, length, sampler in the graph) -> (graph, its output: logits or [2, B] samples)
         self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: object | None = None
-        # prefill in padded (rows, tokens) buckets: replayed as CUDA graphs with the Triton kernels
-        # (captured on each bucket's first use), else run eagerly in the same shapes when
-        # pad_to_buckets; a bucket over `prefill_graph_tokens` (0: none) runs unpadded and eager
+        # prefill with the rows packed into one token axis, padded to a bucket of tokens: replayed as
+        # CUDA graphs with the Triton kernels (captured at start), else run eagerly in the same
+        # shapes when pad_to_buckets; more than `prefill_graph_tokens` new tokens (0: never) run
+        # unpacked, padded to the longest row, eagerly
         self.prefill_graph_tokens = prefill_graph_tokens if self.pad_to_buckets else 0
-        self.prefill_row_buckets = _buckets(max_running, [1, 2, 4, 8, 16, 32, 64], 64)
-        self.prefill_len_buckets = _prefill_lengths(context_length)
-        cap = max(1, self.prefill_graph_tokens)
-        rows_cap = max_running
-        self._pf_host = torch.zeros(cap + 2 * rows_cap, dtype=torch.int64, pin_memory=pin)
+        self.prefill_buckets = (
+            _prefill_lengths(self.prefill_graph_tokens) if self.prefill_graph_tokens else []
+        )
+        self._rep = cfg.num_attention_heads // kv_heads
+        self._block_m = paged_attn.default_prefill_blocks(head_dim, self.dtype)[0]
+        cap = max(self.prefill_buckets, default=1)
+        progs = paged_attn.packed_programs(cap, max_running, self._rep, self._block_m)
+        # int64 layout: ids, positions, write slots [cap] each; cached, lengths, starts, last [rows]
+        # each; the kernel's prog_row, prog_tile [progs] each
+        self._pf_at = {"ids": 0, "pos": cap, "slot": 2 * cap, "cached": 3 * cap}
+        for i, name in enumerate(("lengths", "starts", "last", "prog_row")):
+            self._pf_at[name] = 3 * cap + (i + 1) * max_running
+        self._pf_at["prog_tile"] = self._pf_at["prog_row"] + progs
+        size = self._pf_at["prog_tile"] + progs
+        self._pf_host = torch.zeros(size, dtype=torch.int64, pin_memory=pin)
         self._pf_host_np = self._pf_host.numpy()
-        self._pf_dev = torch.zeros(cap + 2 * rows_cap, dtype=torch.int64, device=self.device)
-        self._pf_pt = torch.zeros(rows_cap, self.max_pages, dtype=torch.int32, device=self.device)
-        self._prefill_graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pf_dev = torch.zeros(size, dtype=torch.int64, device=self.device)
+        self._pf_pt = torch.zeros(max_running, self.max_pages, dtype=torch.int32, device=self.device)
+        self._prefill_graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.prefill_graph_replays = 0
+        self.prefill_padded_tokens = 0  # tokens the prefill forwards ran, padding included
         if self.use_cuda_graph and self.attention == "triton":
             self.capture_graphs()
 
@@ -358,6 +371,18 @@ class ModelRunner:
         log.info(
             "captured %d decode graphs in %.1f s", len(self.batch_buckets), time.perf_counter() - started
         )
+        # the packed prefill of every token bucket (zeroed inputs: no row, every token on the scratch page)
+        started = time.perf_counter()
+        self._pf_host.zero_()
+        self._pf_dev.zero_()
+        self._pf_pt.zero_()
+        for n in reversed(self.prefill_buckets):
+            key = (n, self.fused_sampler)
+            self._replay(self._prefill_graphs, key, lambda n=n: self._prefill_forward(n, self.fused_sampler))
+        torch.cuda.synchronize(self.device)
+        log.info(
+            "captured %d prefill graphs in %.1f s", len(self.prefill_buckets), time.perf_counter() - started
+        )
 
     @torch.inference_mode()
     def warm_up(self) -> None:
@@ -389,9 +414,11 @@ class ModelRunner:
         b = len(prompts)
         news = [p[c:] for p, c in zip(prompts, cached, strict=True)]
         t = max(len(x) for x in news)
-        bucket = self._prefill_bucket(b, t)
-        if bucket is not None:
-            return self._prefill_padded(start, news, cached, rows, *bucket)
+        n = self._prefill_bucket(sum(len(x) for x in news))
+        if n is not None:
+            self.prefill_padded_tokens += n
+            return self._prefill_packed(start, news, cached, rows, n)
+        self.prefill_padded_tokens += b * t
         ids = torch.zeros(b, t, dtype=torch.int64)
         for i, x in enumerate(news):
             ids[i, : len(x)] = torch.tensor(x, dtype=torch.int64)
@@ -410,66 +437,117 @@ class ModelRunner:
             )
         return self._sample(self._logits(last), params)
 
-    def _prefill_bucket(self, b: int, t: int) -> tuple[int, int] | None:
-        """(rows, tokens) a prefill of b rows of up to t new tokens pads to, or None (unpadded)."""
-        if not self.prefill_graph_tokens:
-            return None
-        bp = self.prefill_row_buckets[bisect.bisect_left(self.prefill_row_buckets, b)]
-        tp = self.prefill_len_buckets[bisect.bisect_left(self.prefill_len_buckets, t)]
-        return (bp, tp) if bp * tp <= self.prefill_graph_tokens else None
+    def _prefill_bucket(self, total: int) -> int | None:
+        """The token bucket `total` packed new tokens pad to, or None (unpacked)."""
+        i = bisect.bisect_left(self.prefill_buckets, total)
+        return self.prefill_buckets[i] if i < len(self.prefill_buckets) else None
 
-    def _prefill_views(self, bp: int, tp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The static device inputs of a padded prefill: ids [bp, tp], cached offsets [bp], lengths [bp]."""
-        cap, rows = self.prefill_graph_tokens, self.max_running
-        dev = self._pf_dev
-        return dev[: bp * tp].view(bp, tp), dev[cap : cap + bp], dev[cap + rows : cap + rows + bp]
+    def _pf(self, name: str, n: int, host: bool = False) -> torch.Tensor:
+        """The first n entries of a packed-prefill input (_pf_at's layout), device or pinned host."""
+        at = self._pf_at[name]
+        return (self._pf_host if host else self._pf_dev)[at : at + n]
 
-    def _prefill_padded(
-        self, start: int, news: list[list[int]], cached: list[int], rows: RowInputs, bp: int, tp: int
+    def _prefill_packed(
+        self, start: int, news: list[list[int]], cached: list[int], rows: RowInputs, n: int
     ) -> tuple[list[int], list[float]]:
-        """The prefill in a (bp, tp) bucket: a row past b computes one token on the scratch page,
-        tokens past a row's length write to the scratch page. With CUDA graphs one replay."""
-        b = len(news)
-        cap, nrows = self.prefill_graph_tokens, self.max_running
-        host = self._pf_host_np
-        ids = host[: bp * tp].reshape(bp, tp)
-        ids[:] = 0
-        for i, x in enumerate(news):
-            ids[i, : len(x)] = x
-        host[cap : cap + bp] = 0
-        host[cap : cap + b] = cached
-        host[cap + nrows : cap + nrows + bp] = 1  # a padding row: one token at position 0 (finite)
-        host[cap + nrows : cap + nrows + b] = [len(x) for x in news]
-        self._pf_dev[: bp * tp].copy_(self._pf_host[: bp * tp], non_blocking=True)
-        self._pf_dev[cap:].copy_(self._pf_host[cap:], non_blocking=True)
+        """The prefill of rows [start, start+B), their new tokens packed one after another into a
+        [1, n] forward (tokens past them write the scratch page). With CUDA graphs one replay."""
+        import numpy as np
+
+        b, nrows, p = len(news), self.max_running, self.page_size
+        at, host = self._pf_at, self._pf_host_np
+        lens = np.array([len(x) for x in news], dtype=np.int64)
+        total = int(lens.sum())
+        starts = np.zeros(b, dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        row_of = np.repeat(np.arange(b), lens)
+        pos = np.asarray(cached, dtype=np.int64)[row_of] + np.arange(total) - starts[row_of]
+        table = self.page_table[start : start + b]
+        host[at["ids"] : at["ids"] + total] = np.concatenate(news)
+        host[at["ids"] + total : at["ids"] + n] = 0
+        host[at["pos"] : at["pos"] + total] = pos
+        host[at["pos"] + total : at["pos"] + n] = 0
+        host[at["slot"] : at["slot"] + total] = table[row_of, pos // p].astype(np.int64) * p + pos % p
+        host[at["slot"] + total : at["slot"] + n] = np.arange(n - total) % p  # the scratch page
+        for name, vals in (
+            ("cached", cached),
+            ("lengths", lens),
+            ("starts", starts),
+            ("last", starts + lens - 1),
+        ):
+            host[at[name] : at[name] + nrows] = 0
+            host[at[name] : at[name] + b] = vals
+        progs = paged_attn.packed_programs(n, nrows, self._rep, self._block_m)
+        prog_row, prog_tile = paged_attn.packed_tiles(lens.tolist(), self._rep, self._block_m, progs)
+        host[at["prog_row"] : at["prog_row"] + progs] = prog_row
+        host[at["prog_tile"] : at["prog_tile"] + progs] = prog_tile
+        self._pf_dev.copy_(self._pf_host, non_blocking=True)
         self._pf_pt[:b].copy_(self._host_pt[start : start + b], non_blocking=True)
-        self._pf_pt[b:bp].zero_()
-        params = self._upload(rows, b, bp)
+        self._pf_pt[b:].zero_()
+        params = self._upload(rows, b, nrows)
         fused = self.fused_sampler and not params.any_filter
-        if self.use_cuda_graph:
-            out = self._replay(
-                self._prefill_graphs, (bp, tp, fused), lambda: self._prefill_forward(bp, tp, fused)
-            )
+        if self.use_cuda_graph and self.attention == "triton":
+            out = self._replay(self._prefill_graphs, (n, fused), lambda: self._prefill_forward(n, fused))
             self.prefill_graph_replays += 1
-        else:
-            out = self._prefill_forward(bp, tp, fused)
+        elif self.attention == "triton":
+            out = self._prefill_forward(n, fused)
+        else:  # SDPA: unpack to [B, T], attend, pack back
+            out = self._prefill_forward(n, fused, self._sdpa_plan(start, b, lens, starts, row_of, n, cached))
         if fused:
             return self._read_back(out[:, :b])
         return self._sample(out[:b], params)
 
-    def _prefill_forward(self, bp: int, tp: int, fused: bool) -> torch.Tensor:
-        """`_prefill_padded`'s forward over the static inputs: logits [bp, V] of each row's last
-        token, or with `fused` its samples [2, bp] (position offset 0: the first new token)."""
-        ids, offsets, lengths = self._prefill_views(bp, tp)
-        table = self._pf_pt[:bp]
-        key_len = 0 if self.attention == "triton" else int(self.context_length)  # SDPA: every key slot
-        positions = self._plan_prefill(table, offsets, lengths, tp, key_len)
+    def _sdpa_plan(
+        self, start: int, b: int, lens: Any, starts: Any, row_of: Any, n: int, cached: list[int]
+    ) -> kvmod.PrefillPlan:
+        """The SDPA path's unpack/pack indices and its key gather and mask over rows [start, start+b)."""
+        import numpy as np
+
+        t = int(lens.max())
+        steps = np.arange(t)
+        unpack = np.where(steps[None, :] < lens[:, None], starts[:, None] + steps[None, :], 0)
+        pack = np.zeros(n, dtype=np.int64)
+        pack[: len(row_of)] = row_of * t + (np.arange(len(row_of)) - starts[row_of])
+        offsets = torch.tensor(cached, dtype=torch.int64, device=self.device)
+        lengths = torch.as_tensor(lens, device=self.device)
+        key_len = int(max(c + x for c, x in zip(cached, lens.tolist(), strict=True)))
+        table = self._dev_pt[start : start + b]
+        self._upload_pages(start, start + b)
+        keys = torch.arange(key_len, device=self.device).expand(b, key_len)
+        return kvmod.PrefillPlan(
+            write_slots=self._pf("slot", n),
+            kv_idx=kvmod.slot_index(table, keys, self.page_size),
+            mask=kvmod.prefill_mask(offsets, lengths, t, key_len, self.dtype),
+            unpack_idx=torch.as_tensor(unpack, device=self.device),
+            pack_idx=torch.as_tensor(pack, device=self.device),
+        )
+
+    def _prefill_forward(
+        self, n: int, fused: bool, sdpa_plan: kvmod.PrefillPlan | None = None
+    ) -> torch.Tensor:
+        """`_prefill_packed`'s forward over the static inputs: logits [rows, V] of each row's last
+        token, or with `fused` its samples [2, rows] (position offset 0: the first new token)."""
+        nrows = self.max_running
+        if sdpa_plan is None:
+            progs = paged_attn.packed_programs(n, nrows, self._rep, self._block_m)
+            self.kv.plan = kvmod.PrefillPlan(
+                write_slots=self._pf("slot", n),
+                page_table=self._pf_pt,
+                cached=self._pf("cached", nrows),
+                lengths=self._pf("lengths", nrows),
+                starts=self._pf("starts", nrows),
+                prog_row=self._pf("prog_row", progs),
+                prog_tile=self._pf("prog_tile", progs),
+            )
+        else:
+            self.kv.plan = sdpa_plan
+        ids, positions = self._pf("ids", n).view(1, n), self._pf("pos", n).view(1, n)
         out = self.base(input_ids=ids, position_ids=positions, use_cache=False)
-        last = out.last_hidden_state[torch.arange(bp, device=self.device), lengths - 1]
+        last = out.last_hidden_state[0, self._pf("last", nrows)]
         if fused:
-            position = self._dev_i[1, :bp] + 1
+            position = self._dev_i[1, :nrows] + 1
             return self._fused_sample(
-                self.lm_head(last), self._dev_f[0, :bp], self._dev_i[3, :bp], position, 0
+                self.lm_head(last), self._dev_f[0, :nrows], self._dev_i[3, :nrows], position, 0
             )
         return self._logits(last)
 
