@@ -4,7 +4,9 @@
 buffers, the page table (one row per running request, a pinned host copy the scheduler edits and
 a device copy refreshed before each forward) and, on CUDA, one captured graph per (batch bucket,
 key-length bucket) for the decode forward (with the Triton kernel the grid no longer depends on
-the length: one graph per batch bucket). Per decode step the host uploads the small pinned
+the length: one graph per batch bucket).
+A prefill packs its rows' new tokens into one [1, N] forward, N padded to a token bucket; on CUDA
+one graph per bucket (captured at start too). Per decode step the host uploads the small pinned
 buffers (token ids, positions, sampling parameters, the page-table rows) and reads back one
 (sampled tokens and their log-probs): a single sync.
 The scheduler (`core.py`) decides what runs; this module only runs it.
