@@ -122,7 +122,6 @@ class EngineCore:
         self.prompt_tokens = 0  # prompt tokens of admitted requests (first admission)
         self.cached_tokens = 0  # of those, found in the prefix cache
         self.prefill_tokens = 0  # tokens prefilled (computed), re-admissions included
-        self.prefill_padded_tokens = 0  # what the prefill forwards ran, padding included
         self.retractions = 0
         self.peak_pages_used = 0
         self.cache_flushes = 0
@@ -213,7 +212,7 @@ class EngineCore:
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
             "prefill_tokens": self.prefill_tokens,
-            "prefill_padded_tokens": self.prefill_padded_tokens,
+            "prefill_padded_tokens": self.runner.prefill_padded_tokens,  # run, padding included
             "retractions": self.retractions,
             "cache_flushes": self.cache_flushes,
         }
@@ -380,7 +379,6 @@ class EngineCore:
         self.prefills += 1
         self.prefill_rows += len(batch)
         self.prefill_tokens += sum(len(s) - c for s, c in zip(seqs, cached, strict=True))
-        self.prefill_padded_tokens = self.runner.prefill_padded_tokens
         for req, seq in zip(batch, seqs, strict=True):  # siblings and the next call find these
             self.cache.insert(seq, req.pages, req.path, req.epoch)
             self.runner.set_pages(req.slot, req.pages)

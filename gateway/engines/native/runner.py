@@ -54,8 +54,8 @@ def _buckets(limit: int, small: list[int], step: int) -> list[int]:
 
 
 def _prefill_lengths(limit: int) -> list[int]:
-    """Token-count buckets of a padded prefill: 16, 32, 64, then steps of x1.5 / x1.33 (96, 128,
-    192, 256, 384, ...): a row pads by at most half its length; all multiples of 16 (triton
+    """Token-count buckets of a packed prefill: 16, 32, 64, then steps of x1.5 / x1.33 (96, 128,
+    192, 256, 384, ...): the padding is at most half the tokens; all multiples of 16 (triton
     specialises a length divisible by 16: one kernel variant)."""
     out, b = [16, 32, 64], 64
     while out[-1] < limit:
@@ -351,11 +351,18 @@ class ModelRunner:
         if self.attention == "triton":  # the kernel reads the pages in place
             plan.page_table, plan.cached, plan.lengths = table, offsets, lengths
         else:
-            keys = torch.arange(key_len, device=self.device).expand(b, key_len)
-            plan.kv_idx = kvmod.slot_index(table, keys, self.page_size)
-            plan.mask = kvmod.prefill_mask(offsets, lengths, t, key_len, self.dtype)
+            plan.kv_idx, plan.mask = self._sdpa_keys(table, offsets, lengths, t, key_len)
         self.kv.plan = plan
         return positions
+
+    def _sdpa_keys(
+        self, table: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, t: int, key_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SDPA path's key slots [B, key_len] and additive mask [B, 1, t, key_len] of a prefill
+        of B rows padded to t (PrefillPlan.kv_idx, .mask)."""
+        keys = torch.arange(key_len, device=self.device).expand(table.shape[0], key_len)
+        kv_idx = kvmod.slot_index(table, keys, self.page_size)
+        return kv_idx, kvmod.prefill_mask(offsets, lengths, t, key_len, self.dtype)
 
     @torch.inference_mode()
     def capture_graphs(self) -> None:
@@ -444,10 +451,10 @@ class ModelRunner:
         i = bisect.bisect_left(self.prefill_buckets, total)
         return self.prefill_buckets[i] if i < len(self.prefill_buckets) else None
 
-    def _pf(self, name: str, n: int, host: bool = False) -> torch.Tensor:
-        """The first n entries of a packed-prefill input (_pf_at's layout), device or pinned host."""
+    def _pf(self, name: str, n: int) -> torch.Tensor:
+        """The first n entries of a packed-prefill input on the device (_pf_at's layout)."""
         at = self._pf_at[name]
-        return (self._pf_host if host else self._pf_dev)[at : at + n]
+        return self._pf_dev[at : at + n]
 
     def _prefill_packed(
         self, start: int, news: list[list[int]], cached: list[int], rows: RowInputs, n: int
@@ -513,13 +520,12 @@ class ModelRunner:
         offsets = torch.tensor(cached, dtype=torch.int64, device=self.device)
         lengths = torch.as_tensor(lens, device=self.device)
         key_len = int(max(c + x for c, x in zip(cached, lens.tolist(), strict=True)))
-        table = self._dev_pt[start : start + b]
         self._upload_pages(start, start + b)
-        keys = torch.arange(key_len, device=self.device).expand(b, key_len)
+        kv_idx, mask = self._sdpa_keys(self._dev_pt[start : start + b], offsets, lengths, t, key_len)
         return kvmod.PrefillPlan(
             write_slots=self._pf("slot", n),
-            kv_idx=kvmod.slot_index(table, keys, self.page_size),
-            mask=kvmod.prefill_mask(offsets, lengths, t, key_len, self.dtype),
+            kv_idx=kv_idx,
+            mask=mask,
             unpack_idx=torch.as_tensor(unpack, device=self.device),
             pack_idx=torch.as_tensor(pack, device=self.device),
         )
