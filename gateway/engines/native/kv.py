@@ -149,10 +149,10 @@ class PagedKV:
                     packed=packed,
                 )  # fmt: skip
             assert plan.kv_idx is not None and plan.mask is not None
-            if plan.unpack_idx is not None and plan.pack_idx is not None:  # packed rows: unpack, attend, pack
-                rows, t = plan.unpack_idx.shape
+            unpack = plan.unpack_idx is not None and plan.pack_idx is not None
+            if unpack:  # packed rows: unpack, attend, pack
+                batch, t = plan.unpack_idx.shape
                 query = query[0][:, plan.unpack_idx].transpose(0, 1)  # [B, Hq, T, D]
-                batch = rows
             keys = kc[plan.kv_idx].transpose(1, 2)  # [B, Hkv, Lk, D]
             values = vc[plan.kv_idx].transpose(1, 2)
             if rep > 1:
@@ -160,7 +160,7 @@ class PagedKV:
                 values = values.repeat_interleave(rep, dim=1)
             out = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale)
             out = out.transpose(1, 2)  # [B, T, Hq, D]
-            if plan.pack_idx is not None:
+            if unpack:
                 out = out.reshape(batch * t, q_heads, dim)[plan.pack_idx][None]  # [1, N, Hq, D]
             return out
         raise RuntimeError("PagedKV.attend called without a plan")

@@ -18,8 +18,8 @@ import bisect
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import torch
 
 from gateway.engines.native import kv as kvmod
@@ -461,8 +461,6 @@ class ModelRunner:
     ) -> tuple[list[int], list[float]]:
         """The prefill of rows [start, start+B), their new tokens packed one after another into a
         [1, n] forward (tokens past them write the scratch page). With CUDA graphs one replay."""
-        import numpy as np
-
         b, nrows, p = len(news), self.max_running, self.page_size
         at, host = self._pf_at, self._pf_host_np
         lens = np.array([len(x) for x in news], dtype=np.int64)
@@ -507,11 +505,16 @@ class ModelRunner:
         return self._sample(out[:b], params)
 
     def _sdpa_plan(
-        self, start: int, b: int, lens: Any, starts: Any, row_of: Any, n: int, cached: list[int]
+        self,
+        start: int,
+        b: int,
+        lens: np.ndarray,
+        starts: np.ndarray,
+        row_of: np.ndarray,
+        n: int,
+        cached: list[int],
     ) -> kvmod.PrefillPlan:
         """The SDPA path's unpack/pack indices and its key gather and mask over rows [start, start+b)."""
-        import numpy as np
-
         t = int(lens.max())
         steps = np.arange(t)
         unpack = np.where(steps[None, :] < lens[:, None], starts[:, None] + steps[None, :], 0)
