@@ -129,6 +129,8 @@ INTERP_CASES = {
     "rep1-pages-over-block": ([77, 3, 129], 2, 1, 64, 64, 3, 129),
     "rep3-page1-idle-splits": ([50, 17], 2, 3, 64, 1, 7, 64),
     "non-contiguous-q": ([40, 90], 2, 2, 64, 16, 2, 128),
+    # rows shorter than the grid's max_len divide their keys among its splits (chunks >= 256 keys)
+    "short-rows-long-grid": ([130, 64, 5, 1100, 300, 1], 2, 2, 64, 16, 4, 2048),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -66,6 +66,11 @@ def _interp_main() -> None:
     res = {}
     for i, (cid, (b, v, block, dt)) in enumerate(CASES.items()):
         res[cid] = _compare(sample_kernel, *_case(b, v, i, DTYPES[dt]), block)
+    # whole chunks of removed (-inf) tokens (the row splits into 4 chunks of 256): never drawn
+    logits, temps, seeds, positions = _case(16, 1000, 11, torch.float32)
+    logits[:, :256] = float("-inf")
+    logits[:, 512:768] = float("-inf")
+    res["removed-chunks"] = _compare(sample_kernel, logits, temps, seeds, positions, 256)
     # ties: every logit equal -> argmax is the first index; the max repeated across a block boundary
     flat = torch.zeros(2, 600)
     flat[1, 100] = flat[1, 300] = 5.0
@@ -89,7 +94,7 @@ def interp_results() -> dict:
     return run_interp_child(__file__, "_interp_main")
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
+@pytest.mark.parametrize("case_id", [*CASES, "removed-chunks"])
 def test_kernel_matches_the_torch_sampler(interp_results, case_id):
     r = interp_results[case_id]
     assert r["mismatches"] == 0 and r["greedy_ok"] and r["exact_token_float"], r

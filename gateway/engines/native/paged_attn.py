@@ -11,13 +11,16 @@ Layout (per layer):
 
 `paged_decode_triton` launches a static grid (B, Hkv, splits) decided only by Python ints (B, Hkv,
 `max_len`, block size), so one call per length bucket can be captured in a CUDA graph and replayed
-with new `seq_lens` / `page_table` contents: a program whose chunk starts at or past seq_lens[b]
-returns at once, and the combine step reads only the splits that hold keys. No host syncs.
+with new `seq_lens` / `page_table` contents. Each row divides its own keys among the grid's splits
+(chunk = ceil(seq_lens[b] / splits) in whole key blocks, at least MIN_ROW_CHUNK keys), so a short row in a grid sized for
+`max_len` still spreads over several programs instead of leaving one program to walk it alone; a
+program whose chunk starts at or past seq_lens[b] returns at once, and the combine step reads only
+the splits that hold keys. No host syncs.
 
 Kernel 1 (grid B × Hkv × splits): the `rep` query heads of one kv head, padded to a tl.dot M of 16
 (masked), walk their chunk of keys BLOCK_N at a time (slots read through the page table), with an
 online softmax in base 2; each split writes its normalised partial output and its log2-sum-exp.
-With one split (of the grid, or of the row: seq_len <= chunk) it writes the final output directly.
+With one split (of the grid, or of the row: seq_len <= its chunk) it writes the final output directly.
 Kernel 2 (grid B × Hq) merges the splits of the rows that have several.
 
 Notes for callers:
@@ -26,8 +29,8 @@ Notes for callers:
 - Slots no row may read (page 0, the tail of a row's last page) are never loaded (masked loads):
   they may hold anything, NaN included. Keys past max_len are silently ignored (max_len must
   cover max(seq_lens)).
-- Compiled variants: one per (dtype, rep, D, page_size, BLOCK_N, one split or several); the chunk
-  length and split count are runtime arguments, so new length buckets do not recompile.
+- Compiled variants: one per (dtype, rep, D, page_size, BLOCK_N, one split or several); the split
+  count and max_len are runtime arguments, so new length buckets do not recompile.
 - Under TRITON_INTERPRET=1 (set before triton is first imported) the kernels run on the CPU with
   numpy; there the bf16 dots are taken in fp32 (triton 3.9's interpreter multiplies bf16 bit
   patterns in tl.dot).
@@ -63,6 +66,9 @@ except ImportError:  # CPU machines without triton: the reference still works
     tl = None
 
 LOG2E = 1.4426950408889634
+# the shortest chunk a row is split into (see _row_chunk): rows of ~250 keys at batch 128 ran 5%
+# slower split into 64-key chunks than whole (H100, 2026-12-07)
+MIN_ROW_CHUNK = 256
 
 
 def paged_decode_reference(
@@ -155,9 +161,10 @@ def choose_num_splits(
 ) -> int:
     """Splits per (row, kv head): B·Hkv·splits reaches about 2×SMs programs, chunks of min_chunk..max_chunk keys.
 
-    Depends only on Python ints (static per CUDA-graph bucket). The max_chunk cap keeps one long row
-    from being the tail of a batch of mixed lengths (a program walks its chunk alone, at one SM's share
-    of bandwidth); min_chunk bounds the partial-output traffic and the combine's work.
+    Depends only on Python ints (static per CUDA-graph bucket); the chunks are those of a row of
+    max_len keys (shorter rows divide theirs among the same splits). The max_chunk cap keeps one long
+    row from being the tail of a batch of mixed lengths (a program walks its chunk alone, at one SM's
+    share of bandwidth); min_chunk bounds the partial-output traffic and the combine's work.
     """
     target = 2 * sm_count
     want = max(1, -(-target // (batch * kv_heads)))
@@ -173,6 +180,14 @@ def _chunk_len(max_len: int, splits: int, block_n: int) -> int:
 
 
 if triton is not None:
+    _MIN_ROW_CHUNK = tl.constexpr(MIN_ROW_CHUNK)
+
+    @triton.jit
+    def _row_chunk(seq_len, splits, BLOCK_N: tl.constexpr):
+        """Keys per split of one row: its length over the grid's splits, in whole BLOCK_N blocks, at
+        least MIN_ROW_CHUNK (a shorter chunk costs more in partial outputs and combining than it saves)."""
+        chunk = tl.cdiv(tl.cdiv(seq_len, splits), BLOCK_N) * BLOCK_N
+        return tl.maximum(chunk, _MIN_ROW_CHUNK)
 
     @triton.jit
     def _paged_decode_split_kernel(
@@ -199,7 +214,8 @@ if triton is not None:
         stride_lb,
         stride_lh,
         qk_scale,
-        chunk,
+        splits,
+        max_len,
         REP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         PAGE_SIZE: tl.constexpr,
@@ -212,7 +228,8 @@ if triton is not None:
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
-        seq_len = tl.load(SEQ + b)
+        seq_len = tl.minimum(tl.load(SEQ + b), max_len)
+        chunk = _row_chunk(seq_len, splits, BLOCK_N)
         start = split * chunk
         if start >= seq_len:  # this split holds no keys of row b (the combine step skips it)
             return
@@ -287,18 +304,19 @@ if triton is not None:
         stride_lh,
         stride_ob,
         stride_oh,
-        chunk,
         splits,
+        max_len,
         HEAD_DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
         BLOCK_S: tl.constexpr,
     ):
         b = tl.program_id(0)
         h = tl.program_id(1)
-        seq_len = tl.load(SEQ + b)
+        seq_len = tl.minimum(tl.load(SEQ + b), max_len)
+        chunk = _row_chunk(seq_len, splits, BLOCK_N)
         if seq_len <= chunk:  # one split: the split kernel wrote the output
             return
-        # splits that hold keys (the rest were never written); clamped for seq_len > max_len (a caller bug)
-        used = tl.minimum((seq_len + chunk - 1) // chunk, splits)
+        used = tl.cdiv(seq_len, chunk)  # splits that hold keys (the rest were never written)
         offs_s = tl.arange(0, BLOCK_S)
         offs_d = tl.arange(0, HEAD_DIM)
         s_valid = offs_s < used
@@ -602,7 +620,8 @@ def paged_decode_triton(
         *sp,
         *sl,
         float(scale) * LOG2E,
-        chunk,
+        num_splits,
+        max_len,
         REP=rep,
         HEAD_DIM=dim,
         PAGE_SIZE=page_size,
@@ -624,9 +643,10 @@ def paged_decode_triton(
             *sl,
             out.stride(0),
             out.stride(1),
-            chunk,
             num_splits,
+            max_len,
             HEAD_DIM=dim,
+            BLOCK_N=block_n,
             BLOCK_S=triton.next_power_of_2(num_splits),
             num_warps=4,
         )
