@@ -119,6 +119,15 @@ def test_split_choice_covers_max_len_and_fills_the_gpu(batch, max_len):
         assert batch * 8 * splits >= 0.9 * 2 * 132
 
 
+def test_row_chunk_floor_splits_short_rows_only_while_sms_idle():
+    # 16 rows x 8 kv heads = 128 programs < 2 x 132 SMs: a short row spreads over 256-key chunks
+    assert paged_attn.row_chunk_floor(16, 8, 1024, sm_count=132) == paged_attn.MIN_ROW_CHUNK
+    assert paged_attn.row_chunk_floor(16, 8, 128, sm_count=132) == 128  # never above the grid's chunk
+    # 128 x 8 = 1024 programs: every row keeps the grid's chunk (a fixed split, no extra partials)
+    assert paged_attn.row_chunk_floor(128, 8, 1024, sm_count=132) == 1024
+    assert paged_attn.row_chunk_floor(33, 8, 512, sm_count=132) == 512
+
+
 # ---- the Triton kernel under triton's interpreter (a child process: tests/helpers/interp.py) -------
 
 INTERP_CASES = {
@@ -131,6 +140,8 @@ INTERP_CASES = {
     "non-contiguous-q": ([40, 90], 2, 2, 64, 16, 2, 128),
     # rows shorter than the grid's max_len divide their keys among its splits (chunks >= 256 keys)
     "short-rows-long-grid": ([130, 64, 5, 1100, 300, 1], 2, 2, 64, 16, 4, 2048),
+    # 33 rows x 8 kv heads fill 2 x 132 SMs: rows keep the grid's 512-key chunk (row_chunk_floor)
+    "full-grid-fixed-chunks": ([7 * i + 1 for i in range(31)] + [1100, 2000], 8, 2, 32, 16, 4, 2048),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -12,8 +12,11 @@ Layout (per layer):
 `paged_decode_triton` launches a static grid (B, Hkv, splits) decided only by Python ints (B, Hkv,
 `max_len`, block size), so one call per length bucket can be captured in a CUDA graph and replayed
 with new `seq_lens` / `page_table` contents. Each row divides its own keys among the grid's splits
-(chunk = ceil(seq_lens[b] / splits) in whole key blocks, at least MIN_ROW_CHUNK keys), so a short row in a grid sized for
-`max_len` still spreads over several programs instead of leaving one program to walk it alone; a
+(chunk = ceil(seq_lens[b] / splits) in whole key blocks, at least `min_row_chunk` keys), so a
+short row in a grid sized for `max_len` still spreads over several programs instead of leaving one
+program to walk it alone (`min_row_chunk` is MIN_ROW_CHUNK while B·Hkv programs leave SMs idle, and
+the grid's whole chunk once they fill them twice over: every row then has one program per chunk of
+max_len / splits keys, as a fixed split would); a
 program whose chunk starts at or past seq_lens[b] returns at once, and the combine step reads only
 the splits that hold keys. No host syncs.
 
@@ -67,7 +70,9 @@ except ImportError:  # CPU machines without triton: the reference still works
 
 LOG2E = 1.4426950408889634
 # the shortest chunk a row is split into (see _row_chunk): rows of ~250 keys at batch 128 ran 5%
-# slower split into 64-key chunks than whole (H100, 2026-12-07)
+# slower split into 64-key chunks than whole, and 128-320 keys 15% slower split at 256 than at the
+# grid's 1024-key chunk (H100, 2026-12-07): once B·Hkv programs fill the SMs twice, the floor is the
+# grid's chunk (`row_chunk_floor`)
 MIN_ROW_CHUNK = 256
 
 
@@ -174,20 +179,26 @@ def choose_num_splits(
     return max(1, -(-max_len // chunk))
 
 
+def row_chunk_floor(batch: int, kv_heads: int, grid_chunk: int, sm_count: int = 132) -> int:
+    """The fewest keys a row's split holds: MIN_ROW_CHUNK while the B·Hkv (row, kv head) pairs
+    leave SMs idle (a short row then spreads over several programs), else the grid's chunk (every
+    SM is busy twice over: splitting a short row only adds partial outputs to combine)."""
+    return grid_chunk if batch * kv_heads >= 2 * sm_count else min(MIN_ROW_CHUNK, grid_chunk)
+
+
 def _chunk_len(max_len: int, splits: int, block_n: int) -> int:
     chunk = -(-max_len // splits)
     return -(-chunk // block_n) * block_n
 
 
 if triton is not None:
-    _MIN_ROW_CHUNK = tl.constexpr(MIN_ROW_CHUNK)
 
     @triton.jit
-    def _row_chunk(seq_len, splits, BLOCK_N: tl.constexpr):
+    def _row_chunk(seq_len, splits, min_chunk, BLOCK_N: tl.constexpr):
         """Keys per split of one row: its length over the grid's splits, in whole BLOCK_N blocks, at
-        least MIN_ROW_CHUNK (a shorter chunk costs more in partial outputs and combining than it saves)."""
+        least `min_chunk` (a shorter chunk costs more in partial outputs and combining than it saves)."""
         chunk = tl.cdiv(tl.cdiv(seq_len, splits), BLOCK_N) * BLOCK_N
-        return tl.maximum(chunk, _MIN_ROW_CHUNK)
+        return tl.maximum(chunk, min_chunk)
 
     @triton.jit
     def _paged_decode_split_kernel(
@@ -216,6 +227,7 @@ if triton is not None:
         qk_scale,
         splits,
         max_len,
+        min_chunk,
         REP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         PAGE_SIZE: tl.constexpr,
@@ -229,7 +241,7 @@ if triton is not None:
         kvh = tl.program_id(1)
         split = tl.program_id(2)
         seq_len = tl.minimum(tl.load(SEQ + b), max_len)
-        chunk = _row_chunk(seq_len, splits, BLOCK_N)
+        chunk = _row_chunk(seq_len, splits, min_chunk, BLOCK_N)
         start = split * chunk
         if start >= seq_len:  # this split holds no keys of row b (the combine step skips it)
             return
@@ -306,6 +318,7 @@ if triton is not None:
         stride_oh,
         splits,
         max_len,
+        min_chunk,
         HEAD_DIM: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_S: tl.constexpr,
@@ -313,7 +326,7 @@ if triton is not None:
         b = tl.program_id(0)
         h = tl.program_id(1)
         seq_len = tl.minimum(tl.load(SEQ + b), max_len)
-        chunk = _row_chunk(seq_len, splits, BLOCK_N)
+        chunk = _row_chunk(seq_len, splits, min_chunk, BLOCK_N)
         if seq_len <= chunk:  # one split: the split kernel wrote the output
             return
         used = tl.cdiv(seq_len, chunk)  # splits that hold keys (the rest were never written)
@@ -582,6 +595,7 @@ def paged_decode_triton(
     num_splits = max(1, min(num_splits, -(-max_len // block_n)))
     chunk = _chunk_len(max_len, num_splits, block_n)
     num_splits = -(-max_len // chunk)  # no split that could never hold a key
+    min_chunk = row_chunk_floor(batch, kv_heads, chunk, _sm_count(q.device))
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
@@ -622,6 +636,7 @@ def paged_decode_triton(
         float(scale) * LOG2E,
         num_splits,
         max_len,
+        min_chunk,
         REP=rep,
         HEAD_DIM=dim,
         PAGE_SIZE=page_size,
@@ -645,6 +660,7 @@ def paged_decode_triton(
             out.stride(1),
             num_splits,
             max_len,
+            min_chunk,
             HEAD_DIM=dim,
             BLOCK_N=block_n,
             BLOCK_S=triton.next_power_of_2(num_splits),
