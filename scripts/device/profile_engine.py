@@ -31,7 +31,22 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--kv-cache-gb", type=float, default=10)
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--unfused", default="", help="fusions to leave out (A/B): kv_write,residual")
+    p.add_argument("--decode-config", default="", help="BLOCK_N,WARPS,STAGES of the paged decode kernel")
     a = p.parse_args()
+    if a.decode_config:
+        import functools
+
+        from gateway.engines.native import paged_attn
+
+        bn, warps, stages = (int(x) for x in a.decode_config.split(","))
+        paged_attn.paged_decode_triton = functools.partial(
+            paged_attn.paged_decode_triton, block_n=bn, num_warps=warps, num_stages=stages
+        )
+    if a.unfused:
+        from gateway.engines.native import projections
+
+        projections.DISABLED = set(a.unfused.split(","))
     batches = [int(x) for x in a.batches.split(",")]
     core, _ = build_core(
         EngineConfig(

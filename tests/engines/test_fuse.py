@@ -92,7 +92,12 @@ def test_projections_keep_names_and_take_updates_in_place(random_model_dir):
     kvmod.bind(model, kvmod.PagedKV(model.config.num_hidden_layers, 4, 4, 2, 16, torch.float32, "cpu"))
     done = fuse_projections(model)
     layers = model.config.num_hidden_layers
-    assert done == [f"{layers} qkv", f"{layers} gate_up"]
+    assert done == [
+        f"{layers} qkv",
+        f"{layers} KV write in RoPE",
+        f"{layers} gate_up",
+        f"{layers} residual in GEMM",
+    ]
     after = model.state_dict()
     assert after.keys() == before.keys(), "fusing added or dropped a parameter name"
     for k, v in before.items():
@@ -109,3 +114,28 @@ def test_projections_keep_names_and_take_updates_in_place(random_model_dir):
     norm = torch.randn_like(attn.k_norm.weight)
     weights.apply(model, {"model.layers.0.self_attn.k_norm.weight": norm})
     assert torch.equal(attn.forge_k_norm, norm), "the fused forward reads the updated head norm"
+
+
+def test_kv_write_and_residual_fusions_match_the_unfused_layers(random_model_dir, monkeypatch):
+    """The KV written inside the RoPE region and the residual adds inside the o/down GEMMs compute
+    what the separate index_copy_ / add kernels do (fp32: same tokens, log-probs within 1e-5)."""
+    from gateway.engines.native import projections
+
+    fused = _core(random_model_dir, False)
+    assert any("KV write" in d for d in fused.runner.fused) and any(
+        "residual" in d for d in fused.runner.fused
+    )
+    monkeypatch.setattr(projections, "DISABLED", {"kv_write", "residual"})
+    plain = _core(random_model_dir, False)
+    assert not any("KV write" in d or "residual" in d for d in plain.runner.fused)
+    try:
+        gen = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(5, plain.vocab_size, (n,), generator=gen).tolist() for n in (3, 11, 1, 20)]
+        for (ta, la), (tb, lb) in zip(
+            _generate(plain, prompts, 8), _generate(fused, prompts, 8), strict=True
+        ):
+            assert ta == tb
+            torch.testing.assert_close(torch.tensor(lb), torch.tensor(la), rtol=0, atol=1e-5)
+    finally:
+        plain.stop()
+        fused.stop()

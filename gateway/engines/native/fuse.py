@@ -53,11 +53,14 @@ def fuse(model: torch.nn.Module) -> list[str]:
     done: list[str] = []
     norm = _compile("rms_norm", projections.rms_norm)
     qk_rope = _compile("qk_rope", projections.qk_rope)
+    qk_rope_store = _compile("qk_rope_store", projections.qk_rope_store)
     act_mul = _compile("act_mul", projections.act_mul)
     norms = attns = mlps = 0
     for mod in model.modules():
         if hasattr(mod, "forge_qk_rope"):
             mod.forge_qk_rope = qk_rope
+            if mod.forge_qk_rope_store is not None:
+                mod.forge_qk_rope_store = qk_rope_store
             attns += 1
         elif hasattr(mod, "forge_act_mul"):
             mod.forge_act_mul = act_mul

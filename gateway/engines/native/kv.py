@@ -95,20 +95,23 @@ class PagedKV:
         self,
         layer: int,
         query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        key: torch.Tensor | None,
+        value: torch.Tensor | None,
         scaling: float | None,
     ) -> torch.Tensor:
-        """query [B, Hq, T, D], key/value [B, Hkv, T, D] → attention output [B, T, Hq, D]."""
+        """query [B, Hq, T, D], key/value [B, Hkv, T, D] → attention output [B, T, Hq, D]. With
+        key/value None the caller already wrote them at the plan's `write_slots` (the fused
+        projections do, inside their q/k-norm + RoPE kernel: projections.qk_rope_store)."""
         plan = self.plan
         kc, vc = self.k[layer], self.v[layer]
         batch, q_heads, t, dim = query.shape
-        kv_heads = key.shape[1]
+        kv_heads = kc.shape[1]
         rep = q_heads // kv_heads
         scale = scaling if scaling is not None else dim**-0.5
         if isinstance(plan, DecodePlan):
-            kc.index_copy_(0, plan.write_slots, key[:, :, 0])
-            vc.index_copy_(0, plan.write_slots, value[:, :, 0])
+            if key is not None and value is not None:
+                kc.index_copy_(0, plan.write_slots, key[:, :, 0])
+                vc.index_copy_(0, plan.write_slots, value[:, :, 0])
             if self.use_triton:
                 from gateway.engines.native.paged_attn import paged_decode_triton
 
@@ -131,8 +134,9 @@ class PagedKV:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.mask, scale=scale)
             return out.reshape(batch, q_heads, 1, dim).transpose(1, 2)
         if isinstance(plan, PrefillPlan):
-            kc.index_copy_(0, plan.write_slots, key.transpose(1, 2).reshape(batch * t, kv_heads, dim))
-            vc.index_copy_(0, plan.write_slots, value.transpose(1, 2).reshape(batch * t, kv_heads, dim))
+            if key is not None and value is not None:
+                kc.index_copy_(0, plan.write_slots, key.transpose(1, 2).reshape(batch * t, kv_heads, dim))
+                vc.index_copy_(0, plan.write_slots, value.transpose(1, 2).reshape(batch * t, kv_heads, dim))
             if (
                 self.use_triton
                 and plan.page_table is not None
