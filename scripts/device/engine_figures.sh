@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The built-in engine's figures (issue 18) on one GPU, in stages that fit one 600 s call each:
 #   check     paged decode kernel vs its torch reference (paged_attn_check.py --quick)
+#   tune      the decode kernel's launch configs under CUDA graphs (decode_tune.py; whole table in $OUT)
 #   profile   decode step at batch 16/64/128, 128-token prompts: new engine compiled, new
 #             uncompiled, and the old tree's engine (.ab/old.tar, with its profile_engine.py)
 #   selfcheck greedy == model.generate and log-probs vs a full forward, on the device
@@ -19,6 +20,7 @@ for stage in ${STAGES:-check profile selfcheck}; do
   echo "=== $stage ($(date +%T))"
   case $stage in
     check) timeout 150 python3 scripts/device/paged_attn_check.py --quick --json "$OUT/paged_attn.json" 2>&1 | tail -25 ;;
+    tune) timeout 200 python3 scripts/device/decode_tune.py > "$OUT/decode_tune.txt" 2>&1; tail -4 "$OUT/decode_tune.txt" ;;
     profile)
       echo "--- new, compiled"
       timeout 200 python3 scripts/device/profile_engine.py --batches 16,64,128 --no-profile $NEW_ARGS 2>&1 | grep -v Warning | tail -8
