@@ -53,11 +53,10 @@ def main() -> None:
     results = []
     for bn, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (1, 2, 3)):
         times, err = [], 0.0
+        cfg = {"block_n": bn, "num_warps": warps, "num_stages": stages}
         try:
             for q, k, v, table, lens, ref in data:
                 out = torch.empty_like(q)
-
-                cfg = {"block_n": bn, "num_warps": warps, "num_stages": stages}
 
                 def run(q=q, k=k, v=v, table=table, lens=lens, out=out, cfg=cfg):
                     pa.paged_decode_triton(

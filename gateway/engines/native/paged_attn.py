@@ -590,12 +590,13 @@ def paged_decode_triton(
     rep = q_heads // kv_heads
     if block_n is None:
         block_n = default_block_n(dim, page_size, q.dtype)
+    sms = _sm_count(q.device)
     if num_splits is None:
-        num_splits = choose_num_splits(batch, kv_heads, max_len, block_n, _sm_count(q.device))
+        num_splits = choose_num_splits(batch, kv_heads, max_len, block_n, sms)
     num_splits = max(1, min(num_splits, -(-max_len // block_n)))
     chunk = _chunk_len(max_len, num_splits, block_n)
     num_splits = -(-max_len // chunk)  # no split that could never hold a key
-    min_chunk = row_chunk_floor(batch, kv_heads, chunk, _sm_count(q.device))
+    min_chunk = row_chunk_floor(batch, kv_heads, chunk, sms)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:

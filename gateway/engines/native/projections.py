@@ -192,7 +192,6 @@ def _plain_layer(layer: torch.nn.Module) -> bool:
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     return (
         names == {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
-        and getattr(attn, "forward", None) is not None
         and hasattr(attn, "forge_qkv_weight")
         and hasattr(mlp, "forge_gate_up_weight")
         and attn.o_proj.bias is None  # type: ignore[union-attr]
